@@ -1,0 +1,147 @@
+"""One typed settings object, built once at start-up and passed down.
+
+Sources, highest priority first: keyword arguments, environment variables
+(``OPSDASH_*`` plus the standard names ``DATABASE_URL``, ``SUPABASE_URL``,
+``SUPABASE_SERVICE_ROLE_KEY``, ``SUPABASE_JWT_SECRET``, ``MAIDCENTRAL_API_URL``,
+``MAIDCENTRAL_API_KEY``), then ``opsdash.toml`` in the working directory.
+Nothing configured means the embedded default: SQLite and local blobs in the
+data folder, and the demo upstream on a loopback port.
+"""
+
+from __future__ import annotations
+
+import secrets
+from enum import StrEnum
+from pathlib import Path
+from typing import Literal
+
+import platformdirs
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+class Mode(StrEnum):
+    DEMO = "demo"
+    EMBEDDED = "embedded"
+    SUPABASE = "supabase"
+
+
+def _env(name: str) -> AliasChoices:
+    """Accept both ``OPSDASH_NAME`` and the standard unprefixed name."""
+    return AliasChoices(f"OPSDASH_{name}", name)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="OPSDASH_",
+        toml_file="opsdash.toml",
+        extra="ignore",
+        populate_by_name=True,
+    )
+
+    data_dir: Path = Field(default_factory=lambda: Path(platformdirs.user_data_dir("opsdash")))
+    database_url: str | None = Field(default=None, validation_alias=_env("DATABASE_URL"))
+    blob_backend: Literal["auto", "local", "supabase"] = "auto"
+    blob_bucket: str = "schedule-data"
+
+    supabase_url: str | None = Field(default=None, validation_alias=_env("SUPABASE_URL"))
+    supabase_service_role_key: str | None = Field(
+        default=None, validation_alias=_env("SUPABASE_SERVICE_ROLE_KEY")
+    )
+    supabase_jwt_secret: str | None = Field(
+        default=None, validation_alias=_env("SUPABASE_JWT_SECRET")
+    )
+    jwks_url: str | None = None
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+
+    maidcentral_api_url: str | None = Field(
+        default=None, validation_alias=_env("MAIDCENTRAL_API_URL")
+    )
+    maidcentral_api_key: str | None = Field(
+        default=None, validation_alias=_env("MAIDCENTRAL_API_KEY")
+    )
+    upstream_timeout_s: float = 30.0
+    upstream_rate_per_minute: int = Field(default=100, ge=1)
+    upstream_rate_per_hour: int = Field(default=1000, ge=1)
+    demo_companies: int = Field(default=6, ge=1)
+
+    workers: int = Field(default=4, ge=0)
+    poll_interval_s: float = Field(default=2.0, gt=0)
+    lease_s: float = Field(default=60.0, gt=0)
+    sync_cron: str = "0 * * * *"
+    days_ahead: int = Field(default=7, ge=1, le=60)
+    max_attempts: int = Field(default=3, ge=1)
+    retry_base_s: float = Field(default=10.0, ge=0)
+    retention_days: int = Field(default=14, ge=1)
+
+    cors_origins: list[str] = Field(default_factory=list)
+
+    @field_validator("database_url")
+    @classmethod
+    def _normalise_postgres_url(cls, url: str | None) -> str | None:
+        # Supabase hands out postgres:// URLs; SQLAlchemy needs the driver named.
+        if url is None:
+            return None
+        for prefix in ("postgres://", "postgresql://"):
+            if url.startswith(prefix):
+                return "postgresql+psycopg://" + url.removeprefix(prefix)
+        return url
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'opsdash.db'}"
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.effective_database_url.startswith("postgresql")
+
+    @property
+    def uses_demo_upstream(self) -> bool:
+        return not self.maidcentral_api_url
+
+    @property
+    def effective_blob_backend(self) -> Literal["local", "supabase"]:
+        if self.blob_backend != "auto":
+            return self.blob_backend
+        has_supabase = bool(self.supabase_url and self.supabase_service_role_key)
+        return "supabase" if has_supabase else "local"
+
+    @property
+    def mode(self) -> Mode:
+        if self.uses_demo_upstream:
+            return Mode.DEMO
+        if self.effective_blob_backend == "supabase":
+            return Mode.SUPABASE
+        return Mode.EMBEDDED
+
+    @property
+    def blob_root(self) -> Path:
+        return self.data_dir / "blobs"
+
+    def jwt_secret(self) -> str:
+        """The HS256 secret: Supabase's when configured, else a local one in the data folder."""
+        if self.supabase_jwt_secret:
+            return self.supabase_jwt_secret
+        secret_file = self.data_dir / "jwt-secret"
+        if not secret_file.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            secret_file.write_text(secrets.token_urlsafe(48))
+            secret_file.chmod(0o600)
+        return secret_file.read_text().strip()

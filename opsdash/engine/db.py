@@ -1,0 +1,203 @@
+"""Database handle: engine and sessions, schema creation, and every SQLite/Postgres difference.
+
+Callers never branch on the dialect; they ask this module for the statement
+or transaction they need.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, Engine, Insert, Select, create_engine, event, func, text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlmodel import Session, SQLModel
+
+from opsdash.engine import models  # noqa: F401  (registers the tables on the metadata)
+from opsdash.engine.models import BackgroundJob
+from opsdash.engine.sqltypes import SQLITE_DATETIME_FORMAT
+
+SQLITE_BUSY_TIMEOUT_S = 30
+
+
+class DatabaseUnavailable(RuntimeError):
+    """The database could not be reached; the caller may retry later."""
+
+
+@dataclass(frozen=True)
+class Database:
+    engine: Engine
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.engine.dialect.name == "postgresql"
+
+    @property
+    def display_url(self) -> str:
+        return self.engine.url.render_as_string(hide_password=True)
+
+    def session(self) -> Session:
+        return Session(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A transaction that takes the write lock up front.
+
+        On SQLite a deferred transaction that reads then writes can fail with
+        "database is locked" when another writer got in between; BEGIN
+        IMMEDIATE queues behind the busy timeout instead. Postgres needs nothing.
+        """
+        with self.engine.connect() as conn:
+            if not self.is_postgres:
+                conn.execution_options(sqlite_immediate=True)
+            with conn.begin():
+                yield conn
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    def lock_skip_locked(self, query: Select[Any]) -> Select[Any]:
+        """Row locks for a claim; SQLite's immediate transaction already serialises writers."""
+        return query.with_for_update(skip_locked=True) if self.is_postgres else query
+
+    def insert(self, table: Any) -> Insert:
+        """The dialect's INSERT, which knows ON CONFLICT."""
+        dialect_insert = postgresql.insert if self.is_postgres else sqlite.insert
+        return dialect_insert(table)
+
+    def insert_jobs_skip_duplicates(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> int:
+        """Insert many jobs in one statement; rows whose dedup key is active are skipped.
+
+        The rows travel as a single JSON parameter, which keeps a 7,000-job sync
+        run to one round trip and clear of the bind-parameter limits.
+        Returns how many rows were inserted.
+        """
+        if not rows:
+            return 0
+        if self.is_postgres:
+            payload = [_pg_job_row(row) for row in rows]
+            sql = _PG_INSERT_JOBS
+        else:
+            payload = [_sqlite_job_row(row) for row in rows]
+            sql = _SQLITE_INSERT_JOBS
+        result = conn.execute(text(sql), {"rows": orjson.dumps(payload).decode()})
+        return len(result.fetchall())
+
+    def greatest(self, *values: Any) -> Any:
+        """SQL max of two values: GREATEST on Postgres, the scalar MAX on SQLite."""
+        return func.greatest(*values) if self.is_postgres else func.max(*values)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+_JOB_COLUMNS = (
+    "id, job_type, company_id, status, params, errors, attempts, max_attempts, "
+    "scheduled_at, created_at, dedup_key, rescue_count"
+)
+
+_PG_INSERT_JOBS = f"""
+INSERT INTO background_jobs ({_JOB_COLUMNS})
+SELECT r.id, r.job_type, r.company_id, 'pending', r.params, '[]'::jsonb, 0, r.max_attempts,
+       r.scheduled_at, r.created_at, r.dedup_key, 0
+FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(
+    id uuid, job_type text, company_id uuid, params jsonb, max_attempts int,
+    scheduled_at timestamptz, created_at timestamptz, dedup_key text)
+ON CONFLICT (dedup_key) WHERE status IN ('pending', 'running') DO NOTHING
+RETURNING id
+"""
+
+_SQLITE_INSERT_JOBS = f"""
+INSERT INTO background_jobs ({_JOB_COLUMNS})
+SELECT json_extract(value, '$.id'), json_extract(value, '$.job_type'),
+       json_extract(value, '$.company_id'), 'pending', json_extract(value, '$.params'), '[]', 0,
+       json_extract(value, '$.max_attempts'), json_extract(value, '$.scheduled_at'),
+       json_extract(value, '$.created_at'), json_extract(value, '$.dedup_key'), 0
+FROM json_each(:rows) WHERE true
+ON CONFLICT (dedup_key) WHERE status IN ('pending', 'running') DO NOTHING
+RETURNING id
+"""
+
+
+def _pg_job_row(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **row,
+        "id": str(row["id"]),
+        "company_id": str(row["company_id"]) if row["company_id"] else None,
+        "scheduled_at": row["scheduled_at"].isoformat(),
+        "created_at": row["created_at"].isoformat(),
+    }
+
+
+def _sqlite_job_row(row: dict[str, Any]) -> dict[str, Any]:
+    # Must match what the column types write on SQLite: uuid as 32 hex digits,
+    # naive UTC text timestamps, JSON as text.
+    return {
+        **row,
+        "id": row["id"].hex,
+        "company_id": row["company_id"].hex if row["company_id"] else None,
+        "params": orjson.dumps(row["params"]).decode(),
+        "scheduled_at": row["scheduled_at"].strftime(SQLITE_DATETIME_FORMAT),
+        "created_at": row["created_at"].strftime(SQLITE_DATETIME_FORMAT),
+    }
+
+
+def connect(url: str, *, pool_size: int = 10) -> Database:
+    """Open the database at ``url`` (creating an SQLite file's folder if needed)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        engine = _sqlite_engine(url, parsed.database)
+    else:
+        engine = create_engine(
+            url,
+            pool_size=pool_size,
+            max_overflow=pool_size,
+            pool_pre_ping=True,
+            connect_args={"connect_timeout": 5},
+        )
+    return Database(engine)
+
+
+def _sqlite_engine(url: str, database: str | None) -> Engine:
+    if database and database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(
+        url,
+        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False},
+        pool_size=20,
+        max_overflow=20,
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take transaction control from the driver so BEGIN IMMEDIATE is possible.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        immediate = conn.get_execution_options().get("sqlite_immediate", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+def create_schema(db: Database) -> None:
+    """Create missing tables and indexes; safe to run on every start."""
+    SQLModel.metadata.create_all(db.engine)
+
+
+def job_columns() -> list[Any]:
+    return list(BackgroundJob.__table__.columns)  # type: ignore[attr-defined]

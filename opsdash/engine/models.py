@@ -1,0 +1,188 @@
+"""The tables of DESIGN.md section 3, compatible with the existing Supabase deployment."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import Column, Index, UniqueConstraint, text
+from sqlmodel import Field, SQLModel
+
+from opsdash.engine.sqltypes import JSONType, UTCDateTime, utcnow
+
+
+class JobType(StrEnum):
+    SYNC_USERS = "sync_users"
+    SYNC_SCHEDULE = "sync_schedule"
+
+
+class JobStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+ACTIVE_STATUSES = (JobStatus.PENDING, JobStatus.RUNNING)
+FINISHED_STATUSES = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+class Role(StrEnum):
+    ADMIN = "admin"
+    OFFICE = "office"
+    TECHNICIAN = "technician"
+
+
+def _ts(*, nullable: bool = True, index: bool = False) -> Any:
+    return Field(default=None, sa_column=Column(UTCDateTime(), nullable=nullable, index=index))
+
+
+def _json(default_factory: Any = dict, *, nullable: bool = True) -> Any:
+    return Field(default_factory=default_factory, sa_column=Column(JSONType, nullable=nullable))
+
+
+class Company(SQLModel, table=True):
+    __tablename__ = "companies"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    service_company_id: str = Field(unique=True, index=True)
+    name: str
+    sync_enabled: bool = True
+    portal_enabled: bool = True
+    feature_toggles: dict[str, Any] = _json()
+    toggle_overrides: dict[str, Any] = _json()
+    timezone: str = Field(default="UTC", sa_column_kwargs={"server_default": "UTC"})
+    created_at: datetime | None = Field(
+        default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=True)
+    )
+    updated_at: datetime | None = Field(
+        default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=True)
+    )
+
+    def effective_toggles(self) -> dict[str, bool]:
+        """Upstream toggles with the operator's overrides on top."""
+        return {**(self.feature_toggles or {}), **(self.toggle_overrides or {})}
+
+
+class BackgroundJob(SQLModel, table=True):
+    __tablename__ = "background_jobs"
+    __table_args__ = (
+        # Idempotent enqueue: at most one active job per unit of work.
+        Index(
+            "background_jobs_dedup_active",
+            "dedup_key",
+            unique=True,
+            sqlite_where=text("status IN ('pending', 'running')"),
+            postgresql_where=text("status IN ('pending', 'running')"),
+        ),
+        # The claim: due pending jobs in order.
+        Index(
+            "background_jobs_due",
+            "scheduled_at",
+            sqlite_where=text("status = 'pending'"),
+            postgresql_where=text("status = 'pending'"),
+        ),
+        Index(
+            "background_jobs_lease",
+            "lease_expires_at",
+            sqlite_where=text("status = 'running'"),
+            postgresql_where=text("status = 'running'"),
+        ),
+        Index("background_jobs_created", "created_at"),
+        Index("background_jobs_status_created", "status", "created_at"),
+        Index("background_jobs_company_created", "company_id", "created_at"),
+    )
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    job_type: str
+    company_id: uuid.UUID | None = Field(
+        default=None, foreign_key="companies.id", ondelete="CASCADE"
+    )
+    status: str = Field(default=JobStatus.PENDING, sa_column_kwargs={"server_default": "pending"})
+    params: dict[str, Any] = _json()
+    result: dict[str, Any] | None = _json(lambda: None)
+    error_message: str | None = None
+    attempts: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    max_attempts: int = Field(default=3, sa_column_kwargs={"server_default": "3"})
+    scheduled_at: datetime | None = Field(
+        default_factory=utcnow,
+        sa_column=Column(UTCDateTime(), nullable=False, server_default=text("CURRENT_TIMESTAMP")),
+    )
+    started_at: datetime | None = _ts()
+    completed_at: datetime | None = _ts()
+    duration_ms: int | None = None
+    created_at: datetime | None = Field(
+        default_factory=utcnow,
+        sa_column=Column(UTCDateTime(), nullable=False, server_default=text("CURRENT_TIMESTAMP")),
+    )
+    locked_by: str | None = None
+    lease_expires_at: datetime | None = _ts()
+    dedup_key: str | None = None
+    errors: list[dict[str, Any]] = _json(list)
+    rescue_count: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+
+
+class JobStat(SQLModel, table=True):
+    """Hourly roll-up of finished jobs, so pruning never erases the history."""
+
+    __tablename__ = "job_stats"
+
+    hour: datetime = Field(sa_column=Column(UTCDateTime(), primary_key=True))
+    job_type: str = Field(primary_key=True)
+    status: str = Field(primary_key=True)
+    count: int = 0
+    total_duration_ms: int = 0
+    max_duration_ms: int = 0
+
+
+class ScheduleData(SQLModel, table=True):
+    __tablename__ = "schedule_data"
+    __table_args__ = (UniqueConstraint("company_id", "date", name="schedule_data_company_date"),)
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    company_id: uuid.UUID = Field(foreign_key="companies.id", ondelete="CASCADE")
+    date: date
+    storage_path: str
+    file_size_kb: float
+    checksum: str
+    job_count: int = 0
+    employee_count: int = 0
+    team_count: int = 0
+    status: str = "ready"
+    updated_at: datetime | None = Field(
+        default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=True)
+    )
+
+
+class UserProfile(SQLModel, table=True):
+    __tablename__ = "user_profiles"
+
+    id: uuid.UUID = Field(primary_key=True)
+    company_id: uuid.UUID | None = Field(
+        default=None, foreign_key="companies.id", index=True, ondelete="CASCADE"
+    )
+    role: str
+    employee_information_id: str | None = None
+    email: str | None = Field(default=None, index=True)
+    full_name: str | None = None
+    updated_at: datetime | None = Field(
+        default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=True)
+    )
+
+
+__all__ = [
+    "ACTIVE_STATUSES",
+    "FINISHED_STATUSES",
+    "BackgroundJob",
+    "Company",
+    "JobStat",
+    "JobStatus",
+    "JobType",
+    "Role",
+    "ScheduleData",
+    "UserProfile",
+    "date",
+]

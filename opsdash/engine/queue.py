@@ -1,0 +1,479 @@
+"""The job queue: the only module that changes a job's status.
+
+Transitions (each a function here, each with a test):
+
+    pending  --claim-->      running
+    running  --complete-->   completed
+    running  --fail-->       pending (backoff) | failed (attempts spent)
+    running  --release-->    pending (clean shutdown; the attempt is not counted)
+    running  --rescue-->     pending | failed  (lease expired: the worker died)
+    pending  --cancel-->     cancelled
+    failed | cancelled --retry--> pending (attempts reset)
+
+Every change of a running job is fenced by ``locked_by`` and ``attempts``, so
+a worker whose lease was taken over cannot overwrite the newer attempt.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import secrets
+import socket
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, and_, delete, select, update
+
+from opsdash.engine.db import Database
+from opsdash.engine.models import (
+    ACTIVE_STATUSES,
+    FINISHED_STATUSES,
+    BackgroundJob,
+    JobStat,
+    JobStatus,
+    JobType,
+)
+from opsdash.engine.sqltypes import utcnow
+
+JOBS = BackgroundJob.__table__  # type: ignore[attr-defined]
+STATS = JobStat.__table__  # type: ignore[attr-defined]
+C = JOBS.c
+
+# A company's whole sync window fits in one coalesced claim.
+MAX_COALESCED_JOBS = 62
+MAX_BACKOFF_S = 15 * 60
+ERROR_MESSAGE_LIMIT = 2000
+
+
+def new_worker_id() -> str:
+    """host:pid:nonce, so a restarted worker never inherits a dead one's identity."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+@dataclass(frozen=True)
+class NewJob:
+    job_type: JobType
+    dedup_key: str
+    company_id: uuid.UUID | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    scheduled_at: datetime | None = None
+    max_attempts: int = 3
+
+
+def schedule_job(company_id: uuid.UUID, day: str, *, max_attempts: int = 3) -> NewJob:
+    return NewJob(
+        job_type=JobType.SYNC_SCHEDULE,
+        dedup_key=f"sync_schedule:{company_id}:{day}",
+        company_id=company_id,
+        params={"date": day},
+        max_attempts=max_attempts,
+    )
+
+
+def users_job(*, max_attempts: int = 3) -> NewJob:
+    return NewJob(job_type=JobType.SYNC_USERS, dedup_key="sync_users", max_attempts=max_attempts)
+
+
+def _job(row: Any) -> BackgroundJob:
+    return BackgroundJob(**row._mapping)
+
+
+def _truncate(message: str) -> str:
+    return message if len(message) <= ERROR_MESSAGE_LIMIT else message[:ERROR_MESSAGE_LIMIT] + "…"
+
+
+# --- enqueue ---------------------------------------------------------------------------
+
+
+def enqueue(db: Database, jobs: Sequence[NewJob], *, now: datetime | None = None) -> int:
+    """Queue jobs in one statement; a job whose dedup key is already active is skipped.
+
+    Returns how many jobs were added (0 when an identical run is still pending).
+    """
+    now = now or utcnow()
+    if now.tzinfo is None or any(j.scheduled_at and j.scheduled_at.tzinfo is None for j in jobs):
+        raise ValueError("naive datetime given where UTC is required")
+    rows = [
+        {
+            "id": uuid.uuid4(),
+            "job_type": str(job.job_type),
+            "company_id": job.company_id,
+            "params": job.params,
+            "max_attempts": job.max_attempts,
+            "scheduled_at": job.scheduled_at or now,
+            "created_at": now,
+            "dedup_key": job.dedup_key,
+        }
+        for job in jobs
+    ]
+    with db.write() as conn:
+        return db.insert_jobs_skip_duplicates(conn, rows)
+
+
+def expedite(db: Database, dedup_keys: Sequence[str], *, now: datetime | None = None) -> int:
+    """Make already-pending jobs due now (an operator's "sync now" during a backoff)."""
+    if not dedup_keys:
+        return 0
+    now = now or utcnow()
+    with db.write() as conn:
+        result = conn.execute(
+            update(JOBS)
+            .where(C.status == JobStatus.PENDING, C.dedup_key.in_(dedup_keys), C.scheduled_at > now)
+            .values(scheduled_at=now)
+        )
+        return result.rowcount
+
+
+# --- claim and heartbeat ---------------------------------------------------------------
+
+
+def _due(now: datetime) -> Any:
+    return and_(C.status == JobStatus.PENDING, C.scheduled_at <= now)
+
+
+def _claim_values(worker_id: str, now: datetime, lease_s: float) -> dict[str, Any]:
+    return {
+        "status": JobStatus.RUNNING,
+        "locked_by": worker_id,
+        "lease_expires_at": now + timedelta(seconds=lease_s),
+        "started_at": now,
+        "completed_at": None,
+        "attempts": C.attempts + 1,
+    }
+
+
+def claim(
+    db: Database, worker_id: str, *, lease_s: float, now: datetime | None = None
+) -> list[BackgroundJob]:
+    """Claim the next due job; for a schedule job, also that company's other due schedule jobs.
+
+    Coalescing lets one upstream call serve a company's whole date range.
+    Returns [] when nothing is due.
+    """
+    now = now or utcnow()
+    values = _claim_values(worker_id, now, lease_s)
+    with db.write() as conn:
+        head_id = db.lock_skip_locked(
+            select(C.id).where(_due(now)).order_by(C.scheduled_at, C.created_at).limit(1)
+        ).scalar_subquery()
+        head = conn.execute(
+            update(JOBS).where(C.id == head_id).values(values).returning(*JOBS.c)
+        ).first()
+        if head is None:
+            return []
+        claimed = [_job(head)]
+        if head.job_type == JobType.SYNC_SCHEDULE and head.company_id is not None:
+            claimed += _claim_company_siblings(db, conn, head.company_id, values, now)
+    return claimed
+
+
+def _claim_company_siblings(
+    db: Database, conn: Connection, company_id: uuid.UUID, values: dict[str, Any], now: datetime
+) -> list[BackgroundJob]:
+    sibling_ids = db.lock_skip_locked(
+        select(C.id)
+        .where(_due(now), C.company_id == company_id, C.job_type == JobType.SYNC_SCHEDULE)
+        .order_by(C.scheduled_at)
+        .limit(MAX_COALESCED_JOBS - 1)
+    )
+    rows = conn.execute(
+        update(JOBS)
+        .where(C.id.in_(sibling_ids.scalar_subquery()))
+        .values(values)
+        .returning(*JOBS.c)
+    )
+    return [_job(row) for row in rows]
+
+
+def heartbeat(
+    db: Database,
+    worker_id: str,
+    job_ids: Iterable[uuid.UUID],
+    *,
+    lease_s: float,
+    now: datetime | None = None,
+) -> int:
+    """Renew the lease of this worker's running jobs; returns how many are still ours."""
+    ids = list(job_ids)
+    if not ids:
+        return 0
+    now = now or utcnow()
+    with db.write() as conn:
+        result = conn.execute(
+            update(JOBS)
+            .where(C.id.in_(ids), C.locked_by == worker_id, C.status == JobStatus.RUNNING)
+            .values(lease_expires_at=now + timedelta(seconds=lease_s))
+        )
+        return result.rowcount
+
+
+# --- outcomes of a running job -----------------------------------------------------------
+
+
+def _fenced(job: BackgroundJob, worker_id: str) -> Any:
+    return and_(
+        C.id == job.id,
+        C.locked_by == worker_id,
+        C.attempts == job.attempts,
+        C.status == JobStatus.RUNNING,
+    )
+
+
+def _duration_ms(job: BackgroundJob, now: datetime) -> int | None:
+    if job.started_at is None:
+        return None
+    return max(0, int((now - job.started_at).total_seconds() * 1000))
+
+
+def complete(
+    db: Database,
+    job: BackgroundJob,
+    worker_id: str,
+    result: dict[str, Any] | None = None,
+    *,
+    now: datetime | None = None,
+) -> bool:
+    """running → completed. False when the lease was lost (someone else owns the job now)."""
+    now = now or utcnow()
+    with db.write() as conn:
+        outcome = conn.execute(
+            update(JOBS)
+            .where(_fenced(job, worker_id))
+            .values(
+                status=JobStatus.COMPLETED,
+                result=result or {},
+                error_message=None,
+                completed_at=now,
+                duration_ms=_duration_ms(job, now),
+                lease_expires_at=None,
+            )
+        )
+        return outcome.rowcount == 1
+
+
+def backoff_delay_s(attempt: int, base_s: float, rng: random.Random | None = None) -> float:
+    """Exponential backoff with full jitter on the upper half: base·2^(n-1)·[0.5, 1)."""
+    rng = rng or random.Random()
+    ceiling = min(MAX_BACKOFF_S, base_s * 2 ** max(0, attempt - 1))
+    return ceiling * (0.5 + rng.random() / 2)
+
+
+def _error_entry(job: BackgroundJob, worker: str | None, message: str, now: datetime) -> dict:
+    return {"attempt": job.attempts, "at": now.isoformat(), "worker": worker, "message": message}
+
+
+def fail(
+    db: Database,
+    job: BackgroundJob,
+    worker_id: str,
+    message: str,
+    *,
+    retry_base_s: float,
+    retryable: bool = True,
+    now: datetime | None = None,
+    rng: random.Random | None = None,
+) -> JobStatus | None:
+    """running → pending with backoff, or → failed when attempts are spent or the error is final.
+
+    Returns the new status, or None when the lease was lost.
+    """
+    now = now or utcnow()
+    message = _truncate(message)
+    errors = [*(job.errors or []), _error_entry(job, worker_id, message, now)]
+    exhausted = not retryable or job.attempts >= job.max_attempts
+    values: dict[str, Any] = {
+        "errors": errors,
+        "error_message": message,
+        "lease_expires_at": None,
+        "duration_ms": _duration_ms(job, now),
+    }
+    if exhausted:
+        values |= {"status": JobStatus.FAILED, "completed_at": now}
+        new_status = JobStatus.FAILED
+    else:
+        delay = backoff_delay_s(job.attempts, retry_base_s, rng)
+        values |= {"status": JobStatus.PENDING, "scheduled_at": now + timedelta(seconds=delay)}
+        new_status = JobStatus.PENDING
+    with db.write() as conn:
+        outcome = conn.execute(update(JOBS).where(_fenced(job, worker_id)).values(values))
+    return new_status if outcome.rowcount == 1 else None
+
+
+def release(db: Database, jobs: Sequence[BackgroundJob], worker_id: str) -> int:
+    """running → pending on a clean shutdown; the interrupted attempt is not counted."""
+    released = 0
+    with db.write() as conn:
+        for job in jobs:
+            outcome = conn.execute(
+                update(JOBS)
+                .where(_fenced(job, worker_id))
+                .values(
+                    status=JobStatus.PENDING,
+                    attempts=C.attempts - 1,
+                    locked_by=None,
+                    lease_expires_at=None,
+                    started_at=None,
+                )
+            )
+            released += outcome.rowcount
+    return released
+
+
+# --- operator actions ------------------------------------------------------------------
+
+
+def cancel(db: Database, job_ids: Sequence[uuid.UUID], *, now: datetime | None = None) -> int:
+    """pending → cancelled. Running jobs are left to finish; returns how many were cancelled."""
+    if not job_ids:
+        return 0
+    now = now or utcnow()
+    with db.write() as conn:
+        outcome = conn.execute(
+            update(JOBS)
+            .where(C.id.in_(job_ids), C.status == JobStatus.PENDING)
+            .values(status=JobStatus.CANCELLED, completed_at=now, error_message="cancelled")
+        )
+        return outcome.rowcount
+
+
+def retry(db: Database, job_ids: Sequence[uuid.UUID], *, now: datetime | None = None) -> int:
+    """failed | cancelled → pending with attempts reset, due now.
+
+    A job whose unit of work already has an active job is left alone, since
+    that active job will do the same work.
+    """
+    if not job_ids:
+        return 0
+    now = now or utcnow()
+    retried = 0
+    with db.write() as conn:
+        candidates = conn.execute(
+            select(C.id, C.dedup_key).where(
+                C.id.in_(job_ids), C.status.in_([JobStatus.FAILED, JobStatus.CANCELLED])
+            )
+        ).all()
+        keys = [row.dedup_key for row in candidates if row.dedup_key]
+        active_keys = set(
+            conn.execute(
+                select(C.dedup_key).where(C.dedup_key.in_(keys), C.status.in_(ACTIVE_STATUSES))
+            ).scalars()
+        )
+        for row in candidates:
+            if row.dedup_key in active_keys:
+                continue
+            active_keys.add(row.dedup_key)
+            retried += conn.execute(
+                update(JOBS)
+                .where(C.id == row.id)
+                .values(
+                    status=JobStatus.PENDING,
+                    attempts=0,
+                    scheduled_at=now,
+                    completed_at=None,
+                    locked_by=None,
+                    lease_expires_at=None,
+                )
+            ).rowcount
+    return retried
+
+
+# --- maintenance -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RescueResult:
+    requeued: int = 0
+    failed: int = 0
+
+
+def rescue(db: Database, *, now: datetime | None = None) -> RescueResult:
+    """Expired leases (a dead or hung worker): back to pending, or failed if attempts are spent."""
+    now = now or utcnow()
+    requeued = failed = 0
+    with db.write() as conn:
+        expired = conn.execute(
+            db.lock_skip_locked(
+                select(JOBS).where(C.status == JobStatus.RUNNING, C.lease_expires_at < now)
+            )
+        ).all()
+        for row in expired:
+            job = _job(row)
+            message = f"lease expired: worker {job.locked_by} stopped heartbeating"
+            errors = [*(job.errors or []), _error_entry(job, job.locked_by, message, now)]
+            spent = job.attempts >= job.max_attempts
+            values: dict[str, Any] = {
+                "status": JobStatus.FAILED if spent else JobStatus.PENDING,
+                "errors": errors,
+                "error_message": message,
+                "rescue_count": C.rescue_count + 1,
+                "locked_by": None,
+                "lease_expires_at": None,
+                "scheduled_at": now,
+            }
+            if spent:
+                values["completed_at"] = now
+            conn.execute(update(JOBS).where(_fenced(job, job.locked_by or "")).values(values))
+            failed += spent
+            requeued += not spent
+    return RescueResult(requeued=requeued, failed=failed)
+
+
+def _hour(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def prune(
+    db: Database, *, older_than: timedelta, now: datetime | None = None, batch: int = 5000
+) -> int:
+    """Delete finished jobs older than ``older_than``, rolling them into ``job_stats`` first."""
+    cutoff = (now or utcnow()) - older_than
+    pruned = 0
+    while True:
+        with db.write() as conn:
+            rows = conn.execute(
+                select(C.id, C.job_type, C.status, C.duration_ms, C.completed_at, C.created_at)
+                .where(C.status.in_(FINISHED_STATUSES), C.created_at < cutoff)
+                .limit(batch)
+            ).all()
+            if not rows:
+                return pruned
+            _roll_up(db, conn, rows)
+            conn.execute(delete(JOBS).where(C.id.in_([row.id for row in rows])))
+            pruned += len(rows)
+
+
+def _roll_up(db: Database, conn: Connection, rows: Sequence[Any]) -> None:
+    buckets: dict[tuple[datetime, str, str], list[int]] = defaultdict(lambda: [0, 0, 0])
+    for row in rows:
+        bucket = buckets[(_hour(row.completed_at or row.created_at), row.job_type, row.status)]
+        duration = row.duration_ms or 0
+        bucket[0] += 1
+        bucket[1] += duration
+        bucket[2] = max(bucket[2], duration)
+    for (hour, job_type, status), (count, total, longest) in buckets.items():
+        insert = db.insert(STATS).values(
+            hour=hour,
+            job_type=job_type,
+            status=status,
+            count=count,
+            total_duration_ms=total,
+            max_duration_ms=longest,
+        )
+        conn.execute(
+            insert.on_conflict_do_update(
+                index_elements=["hour", "job_type", "status"],
+                set_={
+                    "count": STATS.c.count + insert.excluded.count,
+                    "total_duration_ms": STATS.c.total_duration_ms
+                    + insert.excluded.total_duration_ms,
+                    "max_duration_ms": db.greatest(
+                        STATS.c.max_duration_ms, insert.excluded.max_duration_ms
+                    ),
+                },
+            )
+        )

@@ -1,0 +1,94 @@
+"""Shared fixtures: one parametrized database fixture runs engine tests on SQLite and Postgres."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from sqlalchemy import text
+
+from opsdash.engine.db import Database, connect, create_schema
+
+PG_ADMIN_DSN = os.environ.get("OPSDASH_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def _postgres_available() -> bool:
+    try:
+        with psycopg.connect(PG_ADMIN_DSN, connect_timeout=3):
+            return True
+    except psycopg.OperationalError:
+        return False
+
+
+POSTGRES_UP = _postgres_available()
+
+
+class PostgresSchemas:
+    """Isolated schemas in the shared test database, one per test, dropped afterwards."""
+
+    def __init__(self) -> None:
+        self.created: list[str] = []
+
+    def new_url(self) -> str:
+        schema = f"opsdash_t_{os.getpid()}_{secrets.token_hex(4)}"
+        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+            conn.execute(f'CREATE SCHEMA "{schema}"')
+        self.created.append(schema)
+        base = PG_ADMIN_DSN.replace("postgresql://", "postgresql+psycopg://")
+        return f"{base}?options=-csearch_path%3D{schema}"
+
+    def drop_all(self) -> None:
+        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+            for schema in self.created:
+                conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.fixture(scope="session")
+def pg_schemas() -> Iterator[PostgresSchemas]:
+    if not POSTGRES_UP:
+        pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432")
+    schemas = PostgresSchemas()
+    yield schemas
+    schemas.drop_all()
+
+
+@pytest.fixture
+def pg_url(pg_schemas: PostgresSchemas) -> str:
+    return pg_schemas.new_url()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'opsdash.db'}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'opsdash.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def db(db_url: str) -> Iterator[Database]:
+    database = connect(db_url)
+    create_schema(database)
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def pg_db(pg_url: str) -> Iterator[Database]:
+    database = connect(pg_url)
+    create_schema(database)
+    yield database
+    database.dispose()
+
+
+def count_rows(db: Database, table: str, where: str = "true") -> int:
+    with db.read() as conn:
+        return conn.execute(text(f"SELECT COUNT(*) FROM {table} WHERE {where}")).scalar_one()

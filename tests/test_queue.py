@@ -1,0 +1,276 @@
+"""Every queue transition, on SQLite and Postgres."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import select, update
+
+from opsdash.engine import queue
+from opsdash.engine.db import Database
+from opsdash.engine.models import BackgroundJob, Company, JobStat, JobStatus, JobType
+from tests.conftest import count_rows
+
+T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+LEASE = 30.0
+
+
+def add_company(db: Database, service_id: str = "1001") -> Company:
+    company = Company(service_company_id=service_id, name=f"Company {service_id}")
+    with db.session() as session:
+        session.add(company)
+        session.commit()
+    return company
+
+
+def load(db: Database, job_id: uuid.UUID) -> BackgroundJob:
+    with db.session() as session:
+        job = session.get(BackgroundJob, job_id)
+        assert job is not None
+        return job
+
+
+def week(company: Company, start: int = 1) -> list[queue.NewJob]:
+    return [queue.schedule_job(company.id, f"2026-12-{day:02d}") for day in range(start, start + 7)]
+
+
+def test_enqueue_is_idempotent_while_pending(db: Database) -> None:
+    company = add_company(db)
+    run = [queue.users_job(), *week(company)]
+    assert queue.enqueue(db, run, now=T0) == 8
+    assert queue.enqueue(db, run, now=T0) == 0
+    assert count_rows(db, "background_jobs") == 8
+
+
+def test_enqueue_again_after_completion_adds_new_jobs(db: Database) -> None:
+    queue.enqueue(db, [queue.users_job()], now=T0)
+    worker = queue.new_worker_id()
+    [job] = queue.claim(db, worker, lease_s=LEASE, now=T0)
+    assert queue.complete(db, job, worker, {"users": 3}, now=T0)
+    assert queue.enqueue(db, [queue.users_job()], now=T0) == 1
+
+
+def test_claim_takes_due_jobs_only_and_marks_them_running(db: Database) -> None:
+    later = queue.NewJob(JobType.SYNC_USERS, "later", scheduled_at=T0 + timedelta(minutes=5))
+    queue.enqueue(db, [later], now=T0)
+    worker = queue.new_worker_id()
+    assert queue.claim(db, worker, lease_s=LEASE, now=T0) == []
+    [job] = queue.claim(db, worker, lease_s=LEASE, now=T0 + timedelta(minutes=5))
+    assert job.status == JobStatus.RUNNING
+    assert job.attempts == 1
+    assert job.locked_by == worker
+    assert job.lease_expires_at == T0 + timedelta(minutes=5, seconds=LEASE)
+
+
+def test_claim_coalesces_a_companys_schedule_jobs(db: Database) -> None:
+    first, second = add_company(db, "1001"), add_company(db, "1002")
+    queue.enqueue(db, [*week(first), *week(second)], now=T0)
+    worker = queue.new_worker_id()
+    batch = queue.claim(db, worker, lease_s=LEASE, now=T0)
+    assert len(batch) == 7
+    assert len({job.company_id for job in batch}) == 1
+    other = queue.claim(db, worker, lease_s=LEASE, now=T0)
+    assert len(other) == 7
+    assert {job.company_id for job in other} != {job.company_id for job in batch}
+    assert queue.claim(db, worker, lease_s=LEASE, now=T0) == []
+
+
+def test_two_workers_never_claim_the_same_job(db: Database) -> None:
+    queue.enqueue(db, [queue.NewJob(JobType.SYNC_USERS, f"k{i}") for i in range(20)], now=T0)
+    seen: set[uuid.UUID] = set()
+    for worker in [queue.new_worker_id() for _ in range(25)]:
+        for job in queue.claim(db, worker, lease_s=LEASE, now=T0):
+            assert job.id not in seen
+            seen.add(job.id)
+    assert len(seen) == 20
+
+
+def test_heartbeat_renews_only_own_running_jobs(db: Database) -> None:
+    queue.enqueue(db, [queue.users_job()], now=T0)
+    worker = queue.new_worker_id()
+    [job] = queue.claim(db, worker, lease_s=LEASE, now=T0)
+    later = T0 + timedelta(seconds=20)
+    assert queue.heartbeat(db, worker, [job.id], lease_s=LEASE, now=later) == 1
+    assert load(db, job.id).lease_expires_at == later + timedelta(seconds=LEASE)
+    assert queue.heartbeat(db, "someone-else", [job.id], lease_s=LEASE, now=later) == 0
+
+
+def test_complete_records_result_and_duration(db: Database) -> None:
+    queue.enqueue(db, [queue.users_job()], now=T0)
+    worker = queue.new_worker_id()
+    [job] = queue.claim(db, worker, lease_s=LEASE, now=T0)
+    assert queue.complete(db, job, worker, {"profiles": 12}, now=T0 + timedelta(seconds=2))
+    stored = load(db, job.id)
+    assert stored.status == JobStatus.COMPLETED
+    assert stored.result == {"profiles": 12}
+    assert stored.duration_ms == 2000
+    assert stored.completed_at == T0 + timedelta(seconds=2)
+
+
+def test_fail_retries_with_backoff_then_fails_for_good(db: Database) -> None:
+    queue.enqueue(db, [queue.users_job(max_attempts=3)], now=T0)
+    worker = queue.new_worker_id()
+    now = T0
+    for attempt in (1, 2):
+        [job] = queue.claim(db, worker, lease_s=LEASE, now=now)
+        assert job.attempts == attempt
+        status = queue.fail(db, job, worker, f"boom {attempt}", retry_base_s=10, now=now)
+        assert status == JobStatus.PENDING
+        stored = load(db, job.id)
+        delay = (stored.scheduled_at - now).total_seconds()
+        ceiling = 10 * 2 ** (attempt - 1)
+        assert ceiling / 2 <= delay <= ceiling
+        assert queue.claim(db, worker, lease_s=LEASE, now=now) == []  # not due during backoff
+        now = stored.scheduled_at
+    [job] = queue.claim(db, worker, lease_s=LEASE, now=now)
+    assert queue.fail(db, job, worker, "boom 3", retry_base_s=10, now=now) == JobStatus.FAILED
+    stored = load(db, job.id)
+    assert stored.status == JobStatus.FAILED
+    assert stored.error_message == "boom 3"
+    assert [entry["message"] for entry in stored.errors] == ["boom 1", "boom 2", "boom 3"]
+    assert [entry["attempt"] for entry in stored.errors] == [1, 2, 3]
+    assert all(entry["worker"] == worker for entry in stored.errors)
+
+
+def test_final_error_skips_retries(db: Database) -> None:
+    queue.enqueue(db, [queue.users_job()], now=T0)
+    worker = queue.new_worker_id()
+    [job] = queue.claim(db, worker, lease_s=LEASE, now=T0)
+    status = queue.fail(db, job, worker, "bad data", retry_base_s=10, retryable=False, now=T0)
+    assert status == JobStatus.FAILED
+
+
+def test_backoff_grows_and_is_capped() -> None:
+    rng = random.Random(7)
+    delays = [queue.backoff_delay_s(n, 10, rng) for n in range(1, 12)]
+    assert 5 <= delays[0] <= 10
+    assert 20 <= delays[2] <= 40
+    assert max(delays) <= queue.MAX_BACKOFF_S
+
+
+def test_release_returns_job_without_counting_the_attempt(db: Database) -> None:
+    queue.enqueue(db, [queue.users_job()], now=T0)
+    worker = queue.new_worker_id()
+    [job] = queue.claim(db, worker, lease_s=LEASE, now=T0)
+    assert queue.release(db, [job], worker) == 1
+    stored = load(db, job.id)
+    assert (stored.status, stored.attempts, stored.locked_by) == (JobStatus.PENDING, 0, None)
+
+
+def test_cancel_only_touches_pending_jobs(db: Database) -> None:
+    queue.enqueue(db, [queue.NewJob(JobType.SYNC_USERS, k) for k in ("a", "b")], now=T0)
+    worker = queue.new_worker_id()
+    [running] = queue.claim(db, worker, lease_s=LEASE, now=T0)
+    with db.session() as session:
+        pending = session.exec(
+            select(BackgroundJob).where(BackgroundJob.status == JobStatus.PENDING)
+        ).one()[0]
+    assert queue.cancel(db, [running.id, pending.id], now=T0) == 1
+    assert load(db, pending.id).status == JobStatus.CANCELLED
+    assert load(db, running.id).status == JobStatus.RUNNING
+
+
+def test_retry_resets_failed_job_and_skips_duplicates_of_active_work(db: Database) -> None:
+    queue.enqueue(db, [queue.users_job(max_attempts=1)], now=T0)
+    worker = queue.new_worker_id()
+    [job] = queue.claim(db, worker, lease_s=LEASE, now=T0)
+    queue.fail(db, job, worker, "boom", retry_base_s=1, now=T0)
+    assert queue.retry(db, [job.id], now=T0) == 1
+    stored = load(db, job.id)
+    assert (stored.status, stored.attempts) == (JobStatus.PENDING, 0)
+    assert stored.errors  # history kept
+    [again] = queue.claim(db, worker, lease_s=LEASE, now=T0)
+    queue.fail(db, again, worker, "boom", retry_base_s=1, now=T0)
+    queue.enqueue(db, [queue.users_job()], now=T0)  # a fresh job for the same work
+    assert queue.retry(db, [job.id], now=T0) == 0
+
+
+def test_rescue_requeues_expired_lease_and_fences_the_old_worker(db: Database) -> None:
+    queue.enqueue(db, [queue.users_job()], now=T0)
+    dead, alive = queue.new_worker_id(), queue.new_worker_id()
+    [stale] = queue.claim(db, dead, lease_s=LEASE, now=T0)
+    assert queue.rescue(db, now=T0 + timedelta(seconds=LEASE - 1)) == queue.RescueResult()
+    after = T0 + timedelta(seconds=LEASE + 1)
+    assert queue.rescue(db, now=after) == queue.RescueResult(requeued=1)
+    rescued = load(db, stale.id)
+    assert (rescued.status, rescued.rescue_count) == (JobStatus.PENDING, 1)
+    assert "lease expired" in rescued.errors[-1]["message"]
+    [fresh] = queue.claim(db, alive, lease_s=LEASE, now=after)
+    assert fresh.attempts == 2
+    # The dead worker wakes up: it can neither complete nor fail the newer attempt.
+    assert not queue.complete(db, stale, dead, {"late": True}, now=after)
+    assert queue.fail(db, stale, dead, "late", retry_base_s=1, now=after) is None
+    assert queue.heartbeat(db, dead, [stale.id], lease_s=LEASE, now=after) == 0
+    assert queue.complete(db, fresh, alive, {"ok": True}, now=after)
+    assert load(db, stale.id).result == {"ok": True}
+
+
+def test_rescue_fails_job_whose_attempts_are_spent(db: Database) -> None:
+    queue.enqueue(db, [queue.users_job(max_attempts=1)], now=T0)
+    [job] = queue.claim(db, queue.new_worker_id(), lease_s=LEASE, now=T0)
+    assert queue.rescue(db, now=T0 + timedelta(minutes=5)) == queue.RescueResult(failed=1)
+    assert load(db, job.id).status == JobStatus.FAILED
+
+
+def test_expedite_makes_backed_off_jobs_due(db: Database) -> None:
+    job = queue.NewJob(JobType.SYNC_USERS, "sync_users", scheduled_at=T0 + timedelta(hours=1))
+    queue.enqueue(db, [job], now=T0)
+    assert queue.expedite(db, ["sync_users"], now=T0) == 1
+    assert len(queue.claim(db, queue.new_worker_id(), lease_s=LEASE, now=T0)) == 1
+
+
+def test_prune_rolls_up_into_job_stats(db: Database) -> None:
+    old = T0 - timedelta(days=30)
+    queue.enqueue(db, [queue.NewJob(JobType.SYNC_USERS, f"k{i}") for i in range(3)], now=old)
+    worker = queue.new_worker_id()
+    for index in range(3):
+        [job] = queue.claim(db, worker, lease_s=LEASE, now=old)
+        finished = old + timedelta(seconds=index + 1)
+        if index < 2:
+            queue.complete(db, job, worker, {}, now=finished)
+        else:
+            queue.fail(db, job, worker, "x", retry_base_s=1, retryable=False, now=finished)
+    queue.enqueue(db, [queue.NewJob(JobType.SYNC_USERS, "recent")], now=T0)
+    assert queue.prune(db, older_than=timedelta(days=14), now=T0) == 3
+    assert count_rows(db, "background_jobs") == 1
+    with db.session() as session:
+        stats = {
+            (s.status, s.count, s.max_duration_ms) for s in session.exec(select(JobStat)).scalars()
+        }
+    assert stats == {("completed", 2, 2000), ("failed", 1, 3000)}
+    # A second roll-up into the same hour adds to it.
+    queue.enqueue(db, [queue.NewJob(JobType.SYNC_USERS, "again")], now=old)
+    [job] = queue.claim(db, worker, lease_s=LEASE, now=old)
+    queue.complete(db, job, worker, {}, now=old + timedelta(seconds=5))
+    assert queue.prune(db, older_than=timedelta(days=14), now=T0) == 1
+    with db.session() as session:
+        completed = session.get(
+            JobStat, (old.replace(minute=0, second=0), "sync_users", "completed")
+        )
+    assert completed is not None
+    assert (completed.count, completed.max_duration_ms) == (3, 5000)
+
+
+def test_operator_reset_by_hand_is_picked_up_again(db: Database) -> None:
+    """DESIGN's third operator query resets failed jobs with plain SQL."""
+    queue.enqueue(db, [queue.users_job(max_attempts=1)], now=T0)
+    worker = queue.new_worker_id()
+    [job] = queue.claim(db, worker, lease_s=LEASE, now=T0)
+    queue.fail(db, job, worker, "boom", retry_base_s=1, now=T0)
+    with db.write() as conn:
+        conn.execute(
+            update(BackgroundJob.__table__)
+            .where(BackgroundJob.__table__.c.status == "failed")
+            .values(status="pending", attempts=0)
+        )
+    [again] = queue.claim(db, worker, lease_s=LEASE, now=T0 + timedelta(seconds=1))
+    assert again.id == job.id and again.attempts == 1
+
+
+@pytest.mark.parametrize("bad", [datetime(2026, 1, 1)])
+def test_naive_datetimes_are_refused(db: Database, bad: datetime) -> None:
+    with pytest.raises(Exception, match="naive"):
+        queue.enqueue(db, [queue.users_job()], now=bad.replace(tzinfo=None))
