@@ -194,9 +194,31 @@ def _sqlite_engine(url: str, database: str | None) -> Engine:
     return engine
 
 
+# Defaults that let operators insert rows by hand in psql, as the Supabase migration does.
+_PG_SERVER_DEFAULTS = """
+ALTER TABLE companies ALTER COLUMN id SET DEFAULT gen_random_uuid();
+ALTER TABLE background_jobs ALTER COLUMN id SET DEFAULT gen_random_uuid();
+ALTER TABLE background_jobs ALTER COLUMN params SET DEFAULT '{}'::jsonb;
+ALTER TABLE background_jobs ALTER COLUMN errors SET DEFAULT '[]'::jsonb;
+ALTER TABLE schedule_data ALTER COLUMN id SET DEFAULT gen_random_uuid();
+"""
+
+
 def create_schema(db: Database) -> None:
     """Create missing tables and indexes; safe to run on every start."""
     SQLModel.metadata.create_all(db.engine)
+    if db.is_postgres:
+        with db.write() as conn:
+            # ALTER TABLE locks the table: only when the defaults are not there yet.
+            has_defaults = conn.execute(
+                text(
+                    "SELECT column_default IS NOT NULL FROM information_schema.columns "
+                    "WHERE table_schema = current_schema() AND table_name = 'background_jobs' "
+                    "AND column_name = 'id'"
+                )
+            ).scalar()
+            if not has_defaults:
+                conn.exec_driver_sql(_PG_SERVER_DEFAULTS)
 
 
 def job_columns() -> list[Any]:
