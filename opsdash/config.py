@@ -67,6 +67,8 @@ class Settings(BaseSettings):
         default=None, validation_alias=_env("MAIDCENTRAL_API_KEY")
     )
     upstream_timeout_s: float = 30.0
+    upstream_attempts: int = Field(default=3, ge=1)
+    upstream_backoff_max_s: float = Field(default=8.0, ge=0)
     upstream_rate_per_minute: int = Field(default=100, ge=1)
     upstream_rate_per_hour: int = Field(default=1000, ge=1)
     demo_companies: int = Field(default=6, ge=1)

@@ -11,7 +11,10 @@ import psycopg
 import pytest
 from sqlalchemy import text
 
+from opsdash.config import Settings
+from opsdash.demo.server import DemoUpstream
 from opsdash.engine.db import Database, connect, create_schema
+from opsdash.engine.runtime import Engine
 
 PG_ADMIN_DSN = os.environ.get("OPSDASH_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -25,6 +28,10 @@ def _postgres_available() -> bool:
 
 
 POSTGRES_UP = _postgres_available()
+if not POSTGRES_UP and os.environ.get("OPSDASH_REQUIRE_POSTGRES") == "1":
+    raise RuntimeError(
+        f"OPSDASH_REQUIRE_POSTGRES=1 but PostgreSQL is not reachable: {PG_ADMIN_DSN}"
+    )
 
 
 class PostgresSchemas:
@@ -92,3 +99,47 @@ def pg_db(pg_url: str) -> Iterator[Database]:
 def count_rows(db: Database, table: str, where: str = "true") -> int:
     with db.read() as conn:
         return conn.execute(text(f"SELECT COUNT(*) FROM {table} WHERE {where}")).scalar_one()
+
+
+# --- the engine against the demo upstream over real HTTP ------------------------------------
+
+
+@pytest.fixture
+def demo_upstream() -> Iterator[DemoUpstream]:
+    upstream = DemoUpstream(companies=3, api_key="test-key")
+    upstream.start()
+    yield upstream
+    upstream.stop()
+
+
+def engine_settings(
+    db_url: str, data_dir: Path, upstream_url: str, **overrides: object
+) -> Settings:
+    values: dict[str, object] = {
+        "database_url": db_url,
+        "data_dir": data_dir,
+        "maidcentral_api_url": upstream_url,
+        "maidcentral_api_key": "test-key",
+        "workers": 3,
+        "poll_interval_s": 0.2,
+        "lease_s": 10.0,
+        "retry_base_s": 0.05,
+        "upstream_timeout_s": 2.0,
+        "upstream_backoff_max_s": 0.05,
+        "upstream_rate_per_minute": 100_000,
+        "upstream_rate_per_hour": 1_000_000,
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def settings(db_url: str, tmp_path: Path, demo_upstream: DemoUpstream) -> Settings:
+    return engine_settings(db_url, tmp_path / "data", demo_upstream.url)
+
+
+@pytest.fixture
+def engine(settings: Settings) -> Iterator[Engine]:
+    running = Engine(settings)
+    yield running
+    running.stop()

@@ -86,6 +86,13 @@ class BackgroundJob(SQLModel, table=True):
             postgresql_where=text("status = 'pending'"),
         ),
         Index(
+            "background_jobs_company_due",
+            "company_id",
+            "scheduled_at",
+            sqlite_where=text("status = 'pending'"),
+            postgresql_where=text("status = 'pending'"),
+        ),
+        Index(
             "background_jobs_lease",
             "lease_expires_at",
             sqlite_where=text("status = 'running'"),

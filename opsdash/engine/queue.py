@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, select, update
+from sqlalchemy import Connection, and_, delete, select, tuple_, update
 
 from opsdash.engine.db import Database
 from opsdash.engine.models import (
@@ -136,6 +136,28 @@ def _due(now: datetime) -> Any:
     return and_(C.status == JobStatus.PENDING, C.scheduled_at <= now)
 
 
+def _earlier_due_sibling(now: datetime) -> Any:
+    """A due job of the same company and type that comes first.
+
+    A claim starts only at a company's first due job, so while one worker is
+    still claiming a company's days (its rows locked but not yet committed),
+    another worker moves on to the next company instead of taking one of those
+    days and splitting the company's single upstream call in two.
+    """
+    earlier = JOBS.alias("earlier")
+    return (
+        select(earlier.c.id)
+        .where(
+            earlier.c.company_id == C.company_id,
+            earlier.c.job_type == C.job_type,
+            earlier.c.status == JobStatus.PENDING,
+            earlier.c.scheduled_at <= now,
+            tuple_(earlier.c.scheduled_at, earlier.c.id) < tuple_(C.scheduled_at, C.id),
+        )
+        .exists()
+    )
+
+
 def _claim_values(worker_id: str, now: datetime, lease_s: float) -> dict[str, Any]:
     return {
         "status": JobStatus.RUNNING,
@@ -159,7 +181,10 @@ def claim(
     values = _claim_values(worker_id, now, lease_s)
     with db.write() as conn:
         head_id = db.lock_skip_locked(
-            select(C.id).where(_due(now)).order_by(C.scheduled_at, C.created_at).limit(1)
+            select(C.id)
+            .where(_due(now), ~_earlier_due_sibling(now))
+            .order_by(C.scheduled_at, C.id)
+            .limit(1)
         ).scalar_subquery()
         head = conn.execute(
             update(JOBS).where(C.id == head_id).values(values).returning(*JOBS.c)

@@ -50,6 +50,8 @@ create unique index if not exists background_jobs_dedup_active on background_job
     where status in ('pending', 'running');
 create index if not exists background_jobs_due on background_jobs (scheduled_at)
     where status = 'pending';
+create index if not exists background_jobs_company_due on background_jobs (company_id, scheduled_at)
+    where status = 'pending';
 create index if not exists background_jobs_lease on background_jobs (lease_expires_at)
     where status = 'running';
 create index if not exists background_jobs_created on background_jobs (created_at);

@@ -1,0 +1,5 @@
+import sys
+
+from opsdash.cli import main
+
+sys.exit(main())

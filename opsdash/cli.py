@@ -1,0 +1,245 @@
+"""Entry points: the console, `--serve`, `sync`, `worker`, `token` and `demo-upstream`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from datetime import date, datetime, timedelta
+from types import FrameType
+
+from pydantic import ValidationError
+from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
+
+from opsdash.config import Settings
+
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+class CliError(Exception):
+    """A problem the user can fix; printed without a traceback."""
+
+
+def _parse_date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
+
+
+def _parse_ttl(text: str) -> timedelta:
+    match = re.fullmatch(r"(\d+)([smhd])", text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 30m, 1h or 7d")
+    amount, unit = int(match[1]), match[2]
+    return timedelta(**{{"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[unit]: amount})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="opsdash",
+        description="Sync engine, read API and operator console for MaidCentral schedules. "
+        "With no command, opens the operator console.",
+    )
+    parser.add_argument("--serve", action="store_true", help="run headless: HTTP read API + engine")
+    parser.add_argument("--host", default="127.0.0.1", help="with --serve: address to bind")
+    parser.add_argument("--port", type=int, default=8000, help="with --serve: port to bind")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="with --serve: HTTP worker processes"
+    )
+    parser.add_argument(
+        "--no-engine", action="store_true", help="with --serve: API only, no scheduler or workers"
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    sync = commands.add_parser("sync", help="queue a sync run (all companies, one company or day)")
+    sync.add_argument("--company", help="ServiceCompanyId of one company")
+    sync.add_argument("--date", type=_parse_date, help="one day (YYYY-MM-DD)")
+    sync.add_argument("--wait", action="store_true", help="run workers until the queue is empty")
+    sync.add_argument("--concurrency", type=int, default=None, help="workers while waiting")
+
+    worker = commands.add_parser("worker", help="run workers only (scale-out)")
+    worker.add_argument("--concurrency", type=int, default=None, help="worker threads")
+    worker.add_argument(
+        "--with-scheduler", action="store_true", help="also run the hourly coordinator"
+    )
+
+    token = commands.add_parser("token", help="mint a read-API token for a synced user")
+    token.add_argument("--email", required=True)
+    token.add_argument("--ttl", type=_parse_ttl, default=timedelta(hours=1))
+
+    demo = commands.add_parser("demo-upstream", help="serve the demo MaidCentral API")
+    from opsdash.demo import cli as demo_cli
+
+    demo_cli.add_arguments(demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "demo-upstream":
+            from opsdash.demo import cli as demo_cli
+
+            return demo_cli.run(args)
+        settings = Settings()
+        if args.serve:
+            return _serve(settings, args)
+        if args.command is None:
+            return _console(settings)
+        _configure_logging()
+        return {"sync": _sync, "worker": _worker, "token": _token}[args.command](settings, args)
+    except ValidationError as error:
+        print(f"opsdash: invalid configuration:\n{error}", file=sys.stderr)
+        return 2
+    except OperationalError as error:
+        print(f"opsdash: database unreachable: {error.orig}", file=sys.stderr)
+        return 3
+    except CliError as error:
+        print(f"opsdash: {error}", file=sys.stderr)
+        return 2
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+
+
+def _console(settings: Settings) -> int:
+    from opsdash.app import run_console
+
+    return run_console(settings)
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    from opsdash.readapi.server import serve
+
+    _configure_logging()
+    return serve(
+        settings,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        with_engine=not args.no_engine,
+    )
+
+
+def _wait_for_signal() -> threading.Event:
+    stop = threading.Event()
+
+    def _handle(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, _handle)
+    signal.signal(signal.SIGTERM, _handle)
+    return stop
+
+
+def _sync(settings: Settings, args: argparse.Namespace) -> int:
+    from opsdash.engine.runtime import Engine
+
+    with Engine(settings) as engine:
+        company_id = None
+        if args.company:
+            company = engine.company_by_service_id(args.company)
+            if company is None:
+                raise CliError(
+                    f"unknown company {args.company!r}: run `opsdash sync` once to discover "
+                    "companies, or check the ServiceCompanyId"
+                )
+            company_id = company.id
+        started = datetime.now().astimezone()
+        run = engine.sync(company_id=company_id, day=args.date)
+        print(f"queued {run.queued} of {run.planned} planned jobs in {run.took_ms:.0f} ms")
+        if not args.wait:
+            return 0
+        engine.start(workers=args.concurrency, scheduler=False)
+        return _follow_progress(engine, started)
+
+
+def _follow_progress(engine: object, since: datetime) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from opsdash.engine.models import BackgroundJob
+    from opsdash.engine.runtime import Engine
+
+    assert isinstance(engine, Engine)
+    jobs = BackgroundJob.__table__.c  # type: ignore[attr-defined]
+    stop = _wait_for_signal()
+
+    def counts() -> dict[str, int]:
+        with engine.db.read() as conn:
+            rows = conn.execute(
+                select(jobs.status, func.count())
+                .where(jobs.created_at >= since)
+                .group_by(jobs.status)
+            ).all()
+        return {status: count for status, count in rows}
+
+    with Progress(
+        TextColumn("[bold]sync"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[detail]}"),
+        TimeElapsedColumn(),
+        transient=False,
+    ) as progress:
+        task = progress.add_task("sync", total=None, detail="")
+        while not stop.is_set():
+            by_status = counts()
+            total = sum(by_status.values())
+            done = (
+                by_status.get("completed", 0)
+                + by_status.get("failed", 0)
+                + by_status.get("cancelled", 0)
+            )
+            detail = f"failed {by_status.get('failed', 0)}"
+            progress.update(task, total=total, completed=done, detail=detail)
+            if engine.active_jobs() == 0:
+                break
+            stop.wait(0.25)
+    by_status = counts()
+    summary = ", ".join(f"{count} {status}" for status, count in sorted(by_status.items()))
+    print(f"done: {summary}; upstream calls: {engine.upstream.calls}")
+    return 1 if by_status.get("failed") else 0
+
+
+def _worker(settings: Settings, args: argparse.Namespace) -> int:
+    from opsdash.engine.runtime import Engine
+
+    with Engine(settings) as engine:
+        engine.start(workers=args.concurrency, scheduler=args.with_scheduler)
+        status = engine.status()
+        print(
+            f"opsdash worker: {status.workers_total} threads on {status.database}; "
+            f"upstream {status.upstream}. Ctrl-C to stop.",
+            file=sys.stderr,
+        )
+        _wait_for_signal().wait()
+        print("stopping: finishing or releasing running jobs…", file=sys.stderr)
+    return 0
+
+
+def _token(settings: Settings, args: argparse.Namespace) -> int:
+    from opsdash.engine.db import connect, create_schema
+    from opsdash.readapi.tokens import UnknownUser, mint_token
+
+    db = connect(settings.effective_database_url)
+    create_schema(db)
+    try:
+        print(mint_token(settings, db, args.email, args.ttl))
+    except UnknownUser as error:
+        raise CliError(str(error)) from None
+    finally:
+        db.dispose()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""Plans sync runs: which jobs to queue, with dates in each company's own time zone."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sqlmodel import col, select
+
+from opsdash.engine import queue
+from opsdash.engine.db import Database
+from opsdash.engine.models import Company
+from opsdash.engine.sqltypes import utcnow
+
+log = logging.getLogger("opsdash.coordinator")
+
+
+@dataclass(frozen=True)
+class SyncRun:
+    planned: int
+    queued: int
+    took_ms: float
+
+
+def company_zone(name: str | None) -> ZoneInfo:
+    try:
+        return ZoneInfo(name or "UTC")
+    except (ZoneInfoNotFoundError, ValueError):
+        log.warning("unknown time zone %r; using UTC", name)
+        return ZoneInfo("UTC")
+
+
+def local_days(timezone: str | None, now: datetime, days_ahead: int) -> list[date]:
+    """The company's own today and the days after it, ``days_ahead`` in all."""
+    today = now.astimezone(company_zone(timezone)).date()
+    return [today + timedelta(days=offset) for offset in range(days_ahead)]
+
+
+def schedule_jobs_for(
+    companies: Sequence[Company], *, now: datetime, days_ahead: int, max_attempts: int
+) -> list[queue.NewJob]:
+    return [
+        queue.schedule_job(company.id, day.isoformat(), max_attempts=max_attempts)
+        for company in companies
+        for day in local_days(company.timezone, now, days_ahead)
+    ]
+
+
+def syncable_companies(db: Database, company_id: uuid.UUID | None = None) -> list[Company]:
+    query = select(Company).where(col(Company.sync_enabled), col(Company.portal_enabled))
+    if company_id is not None:
+        query = query.where(Company.id == company_id)
+    with db.session() as session:
+        return list(session.exec(query.order_by(Company.service_company_id)))
+
+
+def plan_and_enqueue(
+    db: Database,
+    *,
+    days_ahead: int,
+    max_attempts: int = 3,
+    company_id: uuid.UUID | None = None,
+    day: date | None = None,
+    include_users: bool = True,
+    expedite: bool = False,
+    now: datetime | None = None,
+) -> SyncRun:
+    """Queue one sync run: the users job plus a schedule job per enabled company-day.
+
+    Narrowed to one company and/or one day for an operator's resync. Queued in
+    one statement; jobs already pending are not queued again, and with
+    ``expedite`` (an operator asking now) they are made due at once.
+    """
+    started = time.perf_counter()
+    now = now or utcnow()
+    companies = syncable_companies(db, company_id)
+    if day is not None:
+        jobs = [
+            queue.schedule_job(company.id, day.isoformat(), max_attempts=max_attempts)
+            for company in companies
+        ]
+    else:
+        jobs = schedule_jobs_for(
+            companies, now=now, days_ahead=days_ahead, max_attempts=max_attempts
+        )
+    if include_users:
+        jobs.insert(0, queue.users_job(max_attempts=max_attempts))
+    queued = queue.enqueue(db, jobs, now=now)
+    if expedite and queued < len(jobs):
+        queue.expedite(db, [job.dedup_key for job in jobs], now=now)
+    took_ms = (time.perf_counter() - started) * 1000
+    log.info("sync run planned: %d jobs, %d queued in %.0f ms", len(jobs), queued, took_ms)
+    return SyncRun(planned=len(jobs), queued=queued, took_ms=took_ms)

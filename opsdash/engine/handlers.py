@@ -1,0 +1,431 @@
+"""What a job does: ``sync_schedule`` (fetch → transform → blob → metadata) and ``sync_users``.
+
+Handlers never change a job's status; they return one :class:`Outcome` per
+job and the worker records it through the queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import delete, select
+from tzlocal.windows_tz import win_tz
+
+from opsdash.engine import coordinator, queue
+from opsdash.engine.blobs import BlobStore, InvalidBlobPath, schedule_path, sha256_hex
+from opsdash.engine.db import Database
+from opsdash.engine.models import BackgroundJob, Company, JobType, Role, ScheduleData, UserProfile
+from opsdash.engine.sqltypes import utcnow
+from opsdash.engine.transform import (
+    TransformError,
+    build_document,
+    document_counts,
+    group_by_date,
+    serialize_document,
+)
+from opsdash.engine.upstream import MAX_RANGE_DAYS, MaidCentralClient, UpstreamError
+
+log = logging.getLogger("opsdash.handlers")
+
+COMPANIES = Company.__table__  # type: ignore[attr-defined]
+PROFILES = UserProfile.__table__  # type: ignore[attr-defined]
+SCHEDULES = ScheduleData.__table__  # type: ignore[attr-defined]
+
+ROLE_PRECEDENCE = (
+    ("administrator", Role.ADMIN),
+    ("office", Role.OFFICE),
+    ("employee", Role.TECHNICIAN),
+)
+SERVICE_COMPANY_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    job: BackgroundJob
+    ok: bool
+    result: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+    retryable: bool = True
+
+
+@dataclass
+class HandlerContext:
+    db: Database
+    blobs: BlobStore
+    upstream: MaidCentralClient
+    days_ahead: int = 7
+    max_attempts: int = 3
+    on_enqueued: Callable[[], None] = lambda: None
+
+
+def run(context: HandlerContext, jobs: Sequence[BackgroundJob]) -> list[Outcome]:
+    """Run a claimed batch: one users job, or one company's schedule jobs."""
+    if not jobs:
+        return []
+    kind = jobs[0].job_type
+    if kind == JobType.SYNC_USERS:
+        return [sync_users(context, job) for job in jobs]
+    if kind == JobType.SYNC_SCHEDULE:
+        return sync_schedule(context, jobs)
+    return [
+        Outcome(job, False, error=f"unknown job type {job.job_type!r}", retryable=False)
+        for job in jobs
+    ]
+
+
+# --- sync_schedule ---------------------------------------------------------------------
+
+
+def _job_day(job: BackgroundJob) -> date:
+    raw = (job.params or {}).get("date")
+    if not isinstance(raw, str):
+        raise ValueError("job params have no date")
+    return date.fromisoformat(raw)
+
+
+def _date_windows(days: Iterable[date]) -> list[tuple[date, date]]:
+    """Contiguous request ranges of at most MAX_RANGE_DAYS covering ``days``."""
+    windows: list[tuple[date, date]] = []
+    for day in sorted(set(days)):
+        if windows and (day - windows[-1][0]).days < MAX_RANGE_DAYS:
+            windows[-1] = (windows[-1][0], day)
+        else:
+            windows.append((day, day))
+    return windows
+
+
+def sync_schedule(context: HandlerContext, jobs: Sequence[BackgroundJob]) -> list[Outcome]:
+    """One upstream call per date window serves all of a company's claimed days."""
+    with context.db.session() as session:
+        company = session.get(Company, jobs[0].company_id)
+    if company is None:
+        return [
+            Outcome(job, False, error="company no longer exists", retryable=False) for job in jobs
+        ]
+    if not (company.sync_enabled and company.portal_enabled):
+        return [Outcome(job, True, {"skipped": "sync disabled for company"}) for job in jobs]
+
+    outcomes: list[Outcome] = []
+    dated: list[tuple[BackgroundJob, date]] = []
+    for job in jobs:
+        try:
+            dated.append((job, _job_day(job)))
+        except ValueError as error:
+            outcomes.append(Outcome(job, False, error=f"bad job params: {error}", retryable=False))
+
+    for start, end in _date_windows(day for _, day in dated):
+        window_jobs = [(job, day) for job, day in dated if start <= day <= end]
+        outcomes += _sync_window(context, company, window_jobs, start, end)
+    return outcomes
+
+
+def _sync_window(
+    context: HandlerContext,
+    company: Company,
+    jobs: Sequence[tuple[BackgroundJob, date]],
+    start: date,
+    end: date,
+) -> list[Outcome]:
+    try:
+        records = context.upstream.schedule(start, end, company.service_company_id)
+        by_day = group_by_date(records)
+    except UpstreamError as error:
+        return [Outcome(job, False, error=str(error), retryable=error.retryable) for job, _ in jobs]
+    except TransformError as error:
+        message = f"malformed upstream data: {error}"
+        return [Outcome(job, False, error=message) for job, _ in jobs]
+    return [_store_day_safely(context, company, job, day, by_day.get(day, [])) for job, day in jobs]
+
+
+def _store_day_safely(
+    context: HandlerContext,
+    company: Company,
+    job: BackgroundJob,
+    day: date,
+    records: list[dict[str, Any]],
+) -> Outcome:
+    """Storage or database trouble fails this day's job only; the others go on."""
+    try:
+        return _store_day(context, company, job, day, records)
+    except Exception as error:
+        log.exception("storing %s/%s failed", company.service_company_id, day)
+        return Outcome(job, False, error=f"storing {day} failed: {type(error).__name__}: {error}")
+
+
+def _store_day(
+    context: HandlerContext,
+    company: Company,
+    job: BackgroundJob,
+    day: date,
+    records: list[dict[str, Any]],
+) -> Outcome:
+    try:
+        path = schedule_path(company.service_company_id, day)
+        stored = _stored_metadata(context.db, company.id, day)
+        document, body, generated_at = _render(company, day, records, stored)
+    except (TransformError, InvalidBlobPath) as error:
+        return Outcome(job, False, error=f"malformed upstream data for {day}: {error}")
+
+    checksum = sha256_hex(body)
+    unchanged = stored is not None and stored.checksum == checksum
+    if not unchanged:
+        context.blobs.put(path, body)
+        jobs_n, employees_n, teams_n = document_counts(document)
+        _upsert_metadata(
+            context.db,
+            ScheduleData(
+                company_id=company.id,
+                date=day,
+                storage_path=path,
+                file_size_kb=round(len(body) / 1024, 2),
+                checksum=checksum,
+                job_count=jobs_n,
+                employee_count=employees_n,
+                team_count=teams_n,
+                status="ready",
+                updated_at=generated_at,
+            ),
+        )
+    return Outcome(
+        job,
+        True,
+        {
+            "path": path,
+            "bytes": len(body),
+            "checksum": checksum,
+            "jobs": len(records),
+            "unchanged": unchanged,
+        },
+    )
+
+
+def _render(
+    company: Company, day: date, records: list[dict[str, Any]], stored: ScheduleData | None
+) -> tuple[dict[str, Any], bytes, datetime]:
+    """The document and its bytes; an unchanged day reproduces the stored bytes exactly.
+
+    ``generatedAt`` is the time the content last changed, kept equal to the
+    metadata's ``updated_at``, so rendering unchanged data with the stored
+    timestamp yields the stored checksum and nothing is rewritten.
+    """
+    if stored is not None and stored.updated_at is not None:
+        document, body = _serialize(company, day, records, stored.updated_at)
+        if sha256_hex(body) == stored.checksum:
+            return document, body, stored.updated_at
+    now = utcnow()
+    generated_at = now.replace(microsecond=now.microsecond // 1000 * 1000)
+    document, body = _serialize(company, day, records, generated_at)
+    return document, body, generated_at
+
+
+def _serialize(
+    company: Company, day: date, records: list[dict[str, Any]], generated_at: datetime
+) -> tuple[dict[str, Any], bytes]:
+    document = build_document(
+        records,
+        company_id=str(company.id),
+        service_company_id=company.service_company_id,
+        day=day,
+        generated_at=generated_at,
+    )
+    return document, serialize_document(document)
+
+
+def _stored_metadata(db: Database, company_id: uuid.UUID, day: date) -> ScheduleData | None:
+    with db.session() as session:
+        return session.execute(
+            select(ScheduleData).where(
+                ScheduleData.company_id == company_id, ScheduleData.date == day
+            )
+        ).scalar_one_or_none()
+
+
+def _upsert_metadata(db: Database, row: ScheduleData) -> None:
+    values = row.model_dump()
+    insert = db.insert(SCHEDULES).values(values)
+    updated = {
+        key: insert.excluded[key] for key in values if key not in ("id", "company_id", "date")
+    }
+    with db.write() as conn:
+        conn.execute(
+            insert.on_conflict_do_update(index_elements=["company_id", "date"], set_=updated)
+        )
+
+
+# --- sync_users ------------------------------------------------------------------------
+
+
+def windows_to_iana(zone: str | None) -> str:
+    """MaidCentral reports Windows zone names ("Eastern Standard Time"); map them to IANA."""
+    if not zone:
+        return "UTC"
+    if zone in win_tz:
+        return win_tz[zone]
+    if coordinator.company_zone(zone).key == zone:
+        return zone  # already an IANA name
+    log.warning("unknown upstream time zone %r; using UTC", zone)
+    return "UTC"
+
+
+def map_role(roles: Iterable[Any]) -> Role | None:
+    names = {str(role).strip().lower() for role in roles or []}
+    return next((role for name, role in ROLE_PRECEDENCE if name in names), None)
+
+
+@dataclass
+class _UsersResult:
+    companies: int = 0
+    new_companies: list[str] = field(default_factory=list)
+    profiles: int = 0
+    removed_profiles: int = 0
+    skipped: list[str] = field(default_factory=list)
+    queued: int = 0
+
+
+def sync_users(context: HandlerContext, job: BackgroundJob) -> Outcome:
+    try:
+        upstream_companies = context.upstream.users()
+    except UpstreamError as error:
+        return Outcome(job, False, error=str(error), retryable=error.retryable)
+
+    summary = _UsersResult()
+    now = utcnow()
+    for raw in upstream_companies:
+        if not isinstance(raw, Mapping):
+            summary.skipped.append("a company record that is not an object")
+            continue
+        record = {str(key).lower(): value for key, value in raw.items()}
+        service_id = str(record.get("servicecompanyid") or "")
+        if not SERVICE_COMPANY_ID.fullmatch(service_id):
+            summary.skipped.append(f"company with invalid ServiceCompanyId {service_id!r}")
+            continue
+        company_id, created = _upsert_company(context.db, service_id, record, now)
+        summary.companies += 1
+        if created:
+            summary.new_companies.append(service_id)
+        kept, removed, skipped = _replace_profiles(context.db, company_id, record.get("users"), now)
+        summary.profiles += kept
+        summary.removed_profiles += removed
+        summary.skipped += skipped
+
+    if summary.new_companies:
+        summary.queued = _queue_new_companies(context, summary.new_companies)
+    return Outcome(job, True, summary.__dict__)
+
+
+def _upsert_company(
+    db: Database, service_id: str, record: dict[str, Any], now: datetime
+) -> tuple[uuid.UUID, bool]:
+    active = bool(record.get("isactive", True))
+    toggles = record.get("featuretoggles")
+    values = {
+        "name": str(record.get("name") or service_id),
+        "timezone": windows_to_iana(record.get("timezoneinfoid")),
+        "feature_toggles": {k: bool(v) for k, v in toggles.items()}
+        if isinstance(toggles, Mapping)
+        else {},
+        "updated_at": now,
+    }
+    with db.write() as conn:
+        existing = conn.execute(
+            select(COMPANIES.c.id).where(COMPANIES.c.service_company_id == service_id)
+        ).scalar_one_or_none()
+        if existing is not None:
+            # Operator state (overrides, enabled flags) is never touched by a sync.
+            conn.execute(COMPANIES.update().where(COMPANIES.c.id == existing).values(values))
+            return existing, False
+        company_id = uuid.uuid4()
+        conn.execute(
+            COMPANIES.insert().values(
+                id=company_id,
+                service_company_id=service_id,
+                sync_enabled=active,
+                portal_enabled=active,
+                toggle_overrides={},
+                created_at=now,
+                **values,
+            )
+        )
+        return company_id, True
+
+
+def _profile_row(user: Any, company_id: uuid.UUID, now: datetime) -> dict[str, Any] | str:
+    """A user_profiles row, or the reason the user was skipped."""
+    if not isinstance(user, Mapping):
+        return "a user record that is not an object"
+    record = {str(key).lower(): value for key, value in user.items()}
+    try:
+        user_id = uuid.UUID(str(record.get("userid")))
+    except ValueError:
+        return f"user with invalid UserId {record.get('userid')!r}"
+    role = map_role(record.get("roles") or [])
+    if role is None:
+        return f"user {user_id} has no known role ({record.get('roles')!r})"
+    employee_id = record.get("employeeinformationid")
+    full_name = record.get("fullname") or " ".join(
+        str(part) for part in (record.get("firstname"), record.get("lastname")) if part
+    )
+    return {
+        "id": user_id,
+        "company_id": company_id,
+        "role": str(role),
+        "employee_information_id": str(employee_id) if employee_id not in (None, "") else None,
+        "email": str(record["email"]).lower() if record.get("email") else None,
+        "full_name": full_name or None,
+        "updated_at": now,
+    }
+
+
+def _replace_profiles(
+    db: Database, company_id: uuid.UUID, users: Any, now: datetime
+) -> tuple[int, int, list[str]]:
+    """Upsert the company's users; remove profiles the upstream no longer lists (fail closed)."""
+    rows: list[dict[str, Any]] = []
+    skipped: list[str] = []
+    for user in users if isinstance(users, list) else []:
+        row = _profile_row(user, company_id, now)
+        (skipped.append if isinstance(row, str) else rows.append)(row)  # type: ignore[arg-type]
+    with db.write() as conn:
+        for chunk_start in range(0, len(rows), 500):
+            insert = db.insert(PROFILES).values(rows[chunk_start : chunk_start + 500])
+            conn.execute(
+                insert.on_conflict_do_update(
+                    index_elements=["id"],
+                    set_={key: insert.excluded[key] for key in rows[0] if key != "id"},
+                )
+            )
+        removed = conn.execute(
+            delete(PROFILES).where(
+                PROFILES.c.company_id == company_id,
+                PROFILES.c.id.not_in([row["id"] for row in rows]),
+            )
+        ).rowcount
+    return len(rows), removed, skipped
+
+
+def _queue_new_companies(context: HandlerContext, service_ids: list[str]) -> int:
+    """Companies seen for the first time get their schedule jobs at once."""
+    with context.db.session() as session:
+        companies = [
+            company
+            for company in session.execute(
+                select(Company).where(COMPANIES.c.service_company_id.in_(service_ids))
+            ).scalars()
+            if company.sync_enabled and company.portal_enabled
+        ]
+    jobs = coordinator.schedule_jobs_for(
+        companies, now=utcnow(), days_ahead=context.days_ahead, max_attempts=context.max_attempts
+    )
+    queued = queue.enqueue(context.db, jobs)
+    if queued:
+        context.on_enqueued()
+    return queued
+
+
+__all__ = ["HandlerContext", "Outcome", "map_role", "run", "windows_to_iana"]

@@ -1,0 +1,286 @@
+"""The Engine: one object that the console, the headless server and the CLI all drive.
+
+It owns the database handle, the blob store, the upstream client (and, in demo
+mode, the demo upstream it starts), the worker pool and the scheduler.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import TYPE_CHECKING
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
+from sqlalchemy import func, select
+
+from opsdash.config import Mode, Settings
+from opsdash.engine import coordinator, queue
+from opsdash.engine.blobs import BlobStore, LocalBlobStore, SupabaseBlobStore
+from opsdash.engine.db import Database, connect, create_schema
+from opsdash.engine.handlers import HandlerContext
+from opsdash.engine.models import ACTIVE_STATUSES, BackgroundJob, Company
+from opsdash.engine.upstream import MaidCentralClient, RateLimiter
+from opsdash.engine.worker import PoolSettings, WorkerPool
+
+if TYPE_CHECKING:
+    from opsdash.demo.server import DemoUpstream
+
+log = logging.getLogger("opsdash.engine")
+
+DEMO_API_KEY = "demo-key"
+
+
+def open_blob_store(settings: Settings) -> BlobStore:
+    if settings.effective_blob_backend == "supabase":
+        assert settings.supabase_url and settings.supabase_service_role_key
+        store = SupabaseBlobStore(
+            settings.supabase_url, settings.supabase_service_role_key, settings.blob_bucket
+        )
+        store.ensure_bucket()
+        return store
+    return LocalBlobStore(settings.blob_root)
+
+
+@dataclass(frozen=True)
+class EngineStatus:
+    mode: Mode
+    database: str
+    upstream: str
+    blobs: str
+    workers_busy: int
+    workers_total: int
+    paused: bool
+    next_sync_at: datetime | None
+    last_sync_at: datetime | None
+
+
+class Engine:
+    """Open it, start it, stop it. Safe to use from any thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.db: Database = connect(settings.effective_database_url)
+        self.blobs: BlobStore = open_blob_store(settings)
+        self.demo: DemoUpstream | None = None
+        self._stop_event = threading.Event()
+        self.upstream = self._open_upstream()
+        self.context = HandlerContext(
+            db=self.db,
+            blobs=self.blobs,
+            upstream=self.upstream,
+            days_ahead=settings.days_ahead,
+            max_attempts=settings.max_attempts,
+            on_enqueued=self.wake_workers,
+        )
+        self.pool: WorkerPool | None = None
+        self.scheduler: BackgroundScheduler | None = None
+        self.last_sync_at: datetime | None = None
+        create_schema(self.db)
+
+    def _open_upstream(self) -> MaidCentralClient:
+        settings = self.settings
+        if settings.uses_demo_upstream:
+            from opsdash.demo.server import DemoUpstream
+
+            self.demo = DemoUpstream(companies=settings.demo_companies, api_key=DEMO_API_KEY)
+            url, key = self.demo.start(), DEMO_API_KEY
+            log.info("demo mode: demo upstream serving on %s", url)
+        else:
+            url, key = settings.maidcentral_api_url or "", settings.maidcentral_api_key or ""
+        limiter = RateLimiter(settings.upstream_rate_per_minute, settings.upstream_rate_per_hour)
+        return MaidCentralClient(
+            url,
+            key,
+            limiter=limiter,
+            timeout_s=settings.upstream_timeout_s,
+            attempts=settings.upstream_attempts,
+            max_backoff_s=settings.upstream_backoff_max_s,
+            stop=self._stop_event,
+        )
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    def start(self, *, workers: int | None = None, scheduler: bool = True) -> None:
+        """Start the worker pool and (optionally) the hourly scheduler."""
+        concurrency = self.settings.workers if workers is None else workers
+        if concurrency > 0 and self.pool is None:
+            self.pool = WorkerPool(
+                self.context,
+                PoolSettings(
+                    concurrency=concurrency,
+                    poll_interval_s=self.settings.poll_interval_s,
+                    lease_s=self.settings.lease_s,
+                    retry_base_s=self.settings.retry_base_s,
+                ),
+            )
+            self.pool.start()
+        if scheduler and self.scheduler is None:
+            self.scheduler = self._start_scheduler()
+            if self._is_first_run():
+                self.sync_now()
+
+    def _start_scheduler(self) -> BackgroundScheduler:
+        scheduler = BackgroundScheduler(timezone="UTC")
+        common = {"coalesce": True, "max_instances": 1, "misfire_grace_time": 300}
+        scheduler.add_job(
+            self._scheduled_sync,
+            CronTrigger.from_crontab(self.settings.sync_cron, timezone="UTC"),
+            id="sync",
+            name="hourly sync run",
+            **common,
+        )
+        scheduler.add_job(
+            self.rescue,
+            "interval",
+            seconds=max(1.0, self.settings.lease_s / 2),
+            id="rescue",
+            name="rescue expired leases",
+            **common,
+        )
+        scheduler.add_job(
+            self.prune, "interval", hours=1, id="prune", name="prune old jobs", **common
+        )
+        scheduler.start()
+        return scheduler
+
+    def _is_first_run(self) -> bool:
+        with self.db.read() as conn:
+            jobs = conn.execute(select(func.count()).select_from(BackgroundJob)).scalar_one()
+        return jobs == 0
+
+    def stop(self) -> None:
+        """Stop scheduling and working; running jobs finish or are released."""
+        self._stop_event.set()
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=False)
+            self.scheduler = None
+        if self.pool is not None:
+            self.pool.stop()
+            self.pool = None
+        self.upstream.close()
+        if self.demo is not None:
+            self.demo.stop()
+        self.db.dispose()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    # --- actions ---------------------------------------------------------------------
+
+    def wake_workers(self) -> None:
+        if self.pool is not None:
+            self.pool.wake()
+
+    def _scheduled_sync(self) -> None:
+        self.sync(expedite=False)
+
+    def sync(
+        self,
+        *,
+        company_id: uuid.UUID | None = None,
+        day: date | None = None,
+        include_users: bool | None = None,
+        expedite: bool = True,
+    ) -> coordinator.SyncRun:
+        """Queue a sync run (all companies, or one company and/or one day)."""
+        narrowed = company_id is not None or day is not None
+        run = coordinator.plan_and_enqueue(
+            self.db,
+            days_ahead=self.settings.days_ahead,
+            max_attempts=self.settings.max_attempts,
+            company_id=company_id,
+            day=day,
+            include_users=not narrowed if include_users is None else include_users,
+            expedite=expedite,
+        )
+        self.last_sync_at = datetime.now().astimezone()
+        self.wake_workers()
+        return run
+
+    def sync_now(self) -> coordinator.SyncRun:
+        return self.sync()
+
+    def rescue(self) -> queue.RescueResult:
+        result = queue.rescue(self.db)
+        if result.requeued or result.failed:
+            log.warning("rescued jobs with expired leases: %s", result)
+            self.wake_workers()
+        return result
+
+    def prune(self) -> int:
+        pruned = queue.prune(self.db, older_than=timedelta(days=self.settings.retention_days))
+        if pruned:
+            log.info("pruned %d old jobs into job_stats", pruned)
+        return pruned
+
+    def retry(self, job_ids: list[uuid.UUID]) -> int:
+        retried = queue.retry(self.db, job_ids)
+        self.wake_workers()
+        return retried
+
+    def cancel(self, job_ids: list[uuid.UUID]) -> int:
+        return queue.cancel(self.db, job_ids)
+
+    def pause(self) -> None:
+        if self.pool is not None:
+            self.pool.pause()
+
+    def resume(self) -> None:
+        if self.pool is not None:
+            self.pool.resume()
+
+    def company_by_service_id(self, service_company_id: str) -> Company | None:
+        with self.db.session() as session:
+            return session.execute(
+                select(Company).where(Company.service_company_id == service_company_id)  # type: ignore[arg-type]
+            ).scalar_one_or_none()
+
+    def active_jobs(self) -> int:
+        with self.db.read() as conn:
+            return conn.execute(
+                select(func.count())
+                .select_from(BackgroundJob)
+                .where(BackgroundJob.status.in_(ACTIVE_STATUSES))  # type: ignore[attr-defined]
+            ).scalar_one()
+
+    def wait_idle(self, timeout_s: float = 600.0, poll_s: float = 0.2) -> bool:
+        """Block until no job is pending or running (retries included)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.active_jobs() == 0:
+                return True
+            time.sleep(poll_s)
+        return False
+
+    # --- status ----------------------------------------------------------------------
+
+    @property
+    def upstream_description(self) -> str:
+        if self.demo is not None:
+            return f"demo upstream {self.upstream.base_url}"
+        return f"MaidCentral {self.upstream.base_url}"
+
+    def status(self) -> EngineStatus:
+        next_sync = None
+        if self.scheduler is not None:
+            job = self.scheduler.get_job("sync")
+            next_sync = job.next_run_time if job else None
+        return EngineStatus(
+            mode=self.settings.mode,
+            database=self.db.display_url,
+            upstream=self.upstream_description,
+            blobs=self.blobs.description,
+            workers_busy=self.pool.busy if self.pool else 0,
+            workers_total=self.pool.settings.concurrency if self.pool else 0,
+            paused=self.pool.paused if self.pool else False,
+            next_sync_at=next_sync,
+            last_sync_at=self.last_sync_at,
+        )

@@ -1,0 +1,427 @@
+"""Upstream MaidCentral job records → the schedule document stored as a blob.
+
+Pure functions: no I/O and no clock (the caller passes ``generated_at``). Upstream keys are
+read case-insensitively, as MaidCentral's casing is not a contract. The output is
+deterministic: the same records in any order give the same bytes, so an unchanged day
+produces the same checksum and is not rewritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Mapping
+from datetime import UTC, date, datetime
+from typing import Any
+
+import orjson
+
+UpstreamRecord = Mapping[str, Any]
+ScheduleDocument = dict[str, Any]
+
+CONTACT_HOME_PHONE = 1
+CONTACT_CELL_PHONE = 2
+CONTACT_EMAIL = 3
+
+# Real MaidCentral data sometimes spells the access key with one "c"; both are read.
+_ACCESS_KEYS = ("HomeAccessInformation", "HomeAcessInformation")
+
+_JOB_DATE = re.compile(
+    r"(?P<day>\d{4}-\d{2}-\d{2})"
+    r"(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?"
+)
+_CLOCK = re.compile(
+    r"(?:\d{4}-\d{2}-\d{2}[T ])?"
+    r"(?P<hour>\d{1,2}):(?P<minute>\d{2})(?::\d{2}(?:\.\d+)?)?"
+    r"\s*(?P<meridiem>[AaPp][Mm])?"
+)
+_MISSING = object()
+
+
+class TransformError(ValueError):
+    """Upstream data that cannot become a schedule document; the message names the record."""
+
+
+# -- reading upstream records ---------------------------------------------------------------
+
+
+def _lookup(record: Mapping[str, Any], key: str) -> Any:
+    if key in record:
+        return record[key]
+    wanted = key.casefold()
+    for candidate, value in record.items():
+        if isinstance(candidate, str) and candidate.casefold() == wanted:
+            return value
+    return _MISSING
+
+
+def read_key(record: Any, *path: str, default: Any = None) -> Any:
+    """``record[path[0]][path[1]]…`` with keys matched case-insensitively.
+
+    Returns ``default`` when a key is missing, a value on the way is null, or a value on
+    the way is not a mapping.
+    """
+    current = record
+    for key in path:
+        if not isinstance(current, Mapping):
+            return default
+        current = _lookup(current, key)
+        if current is _MISSING or current is None:
+            return default
+    return current
+
+
+def _text(value: Any) -> str | None:
+    """Trimmed text, or None for null and blank values."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def _identifier(value: Any) -> str | None:
+    """Ids arrive as ints or strings; the document always carries strings."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return _text(value)
+
+
+def _items(value: Any) -> list[Mapping[str, Any]]:
+    """The mapping entries of an upstream list; null or a non-list reads as empty."""
+    if not isinstance(value, list):
+        return []
+    return [item for item in value if isinstance(item, Mapping)]
+
+
+def _natural_key(identifier: str) -> tuple[int, int, str]:
+    # Numeric ids sort as numbers ("9" before "10"); anything else sorts as text, after them.
+    if identifier.isascii() and identifier.isdigit():
+        return (0, int(identifier), identifier)
+    return (1, 0, identifier)
+
+
+# -- dates and times --------------------------------------------------------------------------
+
+
+def _parse_job_date(value: Any) -> date | None:
+    """A JobDate as "YYYY-MM-DD" or "YYYY-MM-DDTHH:MM:SS"; None when it is not one."""
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    if not isinstance(value, str):
+        return None
+    match = _JOB_DATE.fullmatch(value.strip())
+    if match is None:
+        return None
+    try:
+        return date.fromisoformat(match["day"])
+    except ValueError:
+        return None
+
+
+def _clock_time(value: Any) -> str | None:
+    """Normalise "8:00", "08:00:00", "8:00 AM" or an ISO datetime to "HH:MM".
+
+    Anything unrecognised is passed through trimmed rather than dropped: a technician would
+    rather read an odd time than none.
+    """
+    text = _text(value)
+    if text is None:
+        return None
+    match = _CLOCK.fullmatch(text)
+    if match is None:
+        return text
+    hour, minute = int(match["hour"]), int(match["minute"])
+    meridiem = (match["meridiem"] or "").upper()
+    if meridiem == "PM" and hour < 12:
+        hour += 12
+    elif meridiem == "AM" and hour == 12:
+        hour = 0
+    if hour > 23 or minute > 59:
+        return text
+    return f"{hour:02d}:{minute:02d}"
+
+
+def _utc_timestamp(moment: datetime) -> str:
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise TransformError("generated_at must be timezone-aware (a naive time is ambiguous)")
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# -- grouping ---------------------------------------------------------------------------------
+
+
+def _require_record(record: Any, index: int) -> UpstreamRecord:
+    if not isinstance(record, Mapping):
+        raise TransformError(
+            f"upstream job record {index} is not an object (got {type(record).__name__})"
+        )
+    return record
+
+
+def _record_date(record: UpstreamRecord, index: int) -> date | None:
+    raw = read_key(record, "JobDate")
+    if raw is None:
+        return None
+    day = _parse_job_date(raw)
+    if day is None:
+        raise TransformError(f"upstream job record {index} has an unreadable JobDate: {raw!r}")
+    return day
+
+
+def group_by_date(upstream_jobs: list[Any]) -> dict[date, list[dict[str, Any]]]:
+    """Split a multi-day upstream answer into days, in date order, records in input order."""
+    groups: dict[date, list[dict[str, Any]]] = {}
+    for index, raw in enumerate(upstream_jobs):
+        record = _require_record(raw, index)
+        day = _record_date(record, index)
+        if day is None:
+            raise TransformError(f"upstream job record {index} has no JobDate")
+        groups.setdefault(day, []).append(raw)
+    return {day: groups[day] for day in sorted(groups)}
+
+
+# -- one job ----------------------------------------------------------------------------------
+
+
+def _number(record: UpstreamRecord, key: str, index: int) -> int | float | None:
+    value = read_key(record, key)
+    if value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
+        return value
+    if isinstance(value, str):
+        if not value.strip():
+            return None
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    raise TransformError(f"upstream job record {index} has a non-numeric {key}: {value!r}")
+
+
+def _customer_name(record: UpstreamRecord) -> str | None:
+    parts = (
+        _text(read_key(record, "CustomerInformation", "CustomerFirstName")),
+        _text(read_key(record, "CustomerInformation", "CustomerLastName")),
+    )
+    return " ".join(part for part in parts if part) or None
+
+
+def _address(record: UpstreamRecord) -> str | None:
+    home = read_key(record, "HomeInformation", default={})
+    region_and_code = " ".join(
+        part
+        for part in (_text(read_key(home, "HomeRegion")), _text(read_key(home, "HomePostalCode")))
+        if part
+    )
+    parts = (
+        _text(read_key(home, "HomeAddress1")),
+        _text(read_key(home, "HomeAddress2")),
+        _text(read_key(home, "HomeCity")),
+        region_and_code or None,
+    )
+    return ", ".join(part for part in parts if part) or None
+
+
+def _contact_type(entry: Mapping[str, Any]) -> int | None:
+    raw = read_key(entry, "ContactTypeId")
+    try:
+        return int(raw) if raw is not None and not isinstance(raw, bool) else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _first_contact(entries: list[Mapping[str, Any]], contact_type: int) -> str | None:
+    for entry in entries:
+        value = _text(read_key(entry, "ContactInfo"))
+        if value and _contact_type(entry) == contact_type:
+            return value
+    return None
+
+
+def _contact_info(record: UpstreamRecord) -> dict[str, str | None]:
+    entries = _items(read_key(record, "ContactInfos"))
+    # A cell phone reaches a customer on the day; the home phone is the fallback.
+    phone = _first_contact(entries, CONTACT_CELL_PHONE) or _first_contact(
+        entries, CONTACT_HOME_PHONE
+    )
+    return {"phone": phone, "email": _first_contact(entries, CONTACT_EMAIL)}
+
+
+def _discounts(record: UpstreamRecord, index: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "description": _text(read_key(entry, "DiscountDescription")),
+            "amount": _number(entry, "DiscountAmount", index),
+        }
+        for entry in _items(read_key(record, "Discounts"))
+    ]
+
+
+def _access_information(notes: Any) -> str | None:
+    for key in _ACCESS_KEYS:
+        value = _text(read_key(notes, key))
+        if value:
+            return value
+    return None
+
+
+def _instructions(notes: Any) -> str | None:
+    parts = (
+        _text(read_key(notes, "EventInstructions")),
+        _text(read_key(notes, "HomeSpecialInstructions")),
+    )
+    return "\n".join(part for part in parts if part) or None
+
+
+def _team_ids(record: UpstreamRecord) -> list[str]:
+    ids: list[str] = []
+    for team in _items(read_key(record, "ScheduledTeams")):
+        team_id = _identifier(read_key(team, "TeamListId"))
+        if team_id and team_id not in ids:
+            ids.append(team_id)
+    return ids
+
+
+def _employee_schedules(record: UpstreamRecord) -> list[dict[str, str | None]]:
+    # An entry without an employee id names nobody, so it can grant no technician a view.
+    return [
+        {
+            "EmployeeInformationId": employee_id,
+            "FirstName": _text(read_key(entry, "FirstName")),
+            "LastName": _text(read_key(entry, "LastName")),
+            "TeamListId": _identifier(read_key(entry, "TeamListId")),
+        }
+        for entry in _items(read_key(record, "EmployeeSchedules"))
+        if (employee_id := _identifier(read_key(entry, "EmployeeInformationId")))
+    ]
+
+
+def _job(record: UpstreamRecord, index: int, day: date) -> dict[str, Any]:
+    job_id = _identifier(read_key(record, "JobInformationId"))
+    if job_id is None:
+        raise TransformError(f"upstream job record {index} has no JobInformationId")
+    record_day = _record_date(record, index)
+    if record_day is not None and record_day != day:
+        raise TransformError(
+            f"upstream job record {index} (job {job_id}) is dated {record_day}, not {day}"
+        )
+    notes = read_key(record, "NotesAndMemos", default={})
+    return {
+        "jobId": job_id,
+        "date": day.isoformat(),
+        "startTime": _clock_time(read_key(record, "ScheduledStartTime")),
+        "endTime": _clock_time(read_key(record, "ScheduledEndTime")),
+        "status": _text(read_key(record, "JobStatus")),
+        "serviceType": _text(read_key(record, "ServiceSet", "ServiceSetDescription")),
+        "customerName": _customer_name(record),
+        "address": _address(record),
+        "teamIds": _team_ids(record),
+        "billRate": _number(record, "BillRate", index),
+        "feeSplitRate": _number(record, "FeeSplitRate", index),
+        "addOnRate": _number(record, "AddOnRate", index),
+        "roomRate": _number(record, "RoomRate", index),
+        "contactInfo": _contact_info(record),
+        "discounts": _discounts(record, index),
+        "internalMemo": _text(read_key(notes, "HomeInternalMemo")),
+        "accessInformation": _access_information(notes),
+        "instructions": _instructions(notes),
+        "employeeSchedules": _employee_schedules(record),
+    }
+
+
+def _job_order(job: dict[str, Any]) -> tuple[bool, str, tuple[int, int, str], bytes]:
+    # Untimed jobs go last. The encoded job breaks any remaining tie (a job id repeated
+    # upstream), so shuffled input still yields one order and therefore the same bytes.
+    start = job["startTime"]
+    encoded = orjson.dumps(job, option=orjson.OPT_SORT_KEYS)
+    return (start is None, start or "", _natural_key(job["jobId"]), encoded)
+
+
+# -- the document -----------------------------------------------------------------------------
+
+
+def _employees(jobs: Iterable[dict[str, Any]]) -> list[dict[str, str | None]]:
+    employees: dict[str, dict[str, str | None]] = {}
+    for job in jobs:
+        for entry in job["employeeSchedules"]:
+            employees.setdefault(
+                entry["EmployeeInformationId"],
+                {
+                    "employeeInformationId": entry["EmployeeInformationId"],
+                    "firstName": entry["FirstName"],
+                    "lastName": entry["LastName"],
+                },
+            )
+    return [employees[key] for key in sorted(employees, key=_natural_key)]
+
+
+def _teams(records: Iterable[UpstreamRecord]) -> list[dict[str, str | None]]:
+    teams: dict[str, dict[str, str | None]] = {}
+    for record in records:
+        for team in _items(read_key(record, "ScheduledTeams")):
+            team_id = _identifier(read_key(team, "TeamListId"))
+            if team_id is None:
+                continue
+            entry = {
+                "teamListId": team_id,
+                "description": _text(read_key(team, "TeamListDescription")),
+                "color": _text(read_key(team, "Color")),
+            }
+            # Keep the smallest entry when jobs disagree, so input order never decides.
+            if team_id not in teams or _team_rank(entry) < _team_rank(teams[team_id]):
+                teams[team_id] = entry
+    return [teams[key] for key in sorted(teams, key=_natural_key)]
+
+
+def _team_rank(team: dict[str, str | None]) -> tuple[str, str]:
+    return (team["description"] or "", team["color"] or "")
+
+
+def build_document(
+    upstream_jobs: list[Any],
+    *,
+    company_id: str,
+    service_company_id: str,
+    day: date,
+    generated_at: datetime,
+) -> ScheduleDocument:
+    """The schedule document of one company-day (DESIGN.md "Schedule document")."""
+    records = [_require_record(raw, index) for index, raw in enumerate(upstream_jobs)]
+    jobs = sorted(
+        (_job(record, index, day) for index, record in enumerate(records)), key=_job_order
+    )
+    return {
+        "companyId": company_id,
+        "serviceCompanyId": service_company_id,
+        "date": day.isoformat(),
+        "generatedAt": _utc_timestamp(generated_at),
+        "jobs": jobs,
+        "employees": _employees(jobs),
+        "teams": _teams(records),
+    }
+
+
+def serialize_document(doc: ScheduleDocument) -> bytes:
+    """Deterministic bytes: keys sorted, compact. Same document → same bytes → same checksum."""
+    try:
+        return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError as exc:
+        raise TransformError(f"schedule document cannot be serialized: {exc}") from exc
+
+
+def document_fingerprint(doc: ScheduleDocument) -> str:
+    """SHA-256 hex of the document's content, ignoring ``generatedAt``.
+
+    ``generatedAt`` changes on every sync, so the blob checksum alone would call every day
+    changed; comparing fingerprints tells whether the schedule itself changed.
+    """
+    content = {key: value for key, value in doc.items() if key != "generatedAt"}
+    return hashlib.sha256(serialize_document(content)).hexdigest()
+
+
+def document_counts(doc: ScheduleDocument) -> tuple[int, int, int]:
+    """(jobs, employees, teams) — the counts the ``schedule_data`` row carries."""
+    return len(doc["jobs"]), len(doc["employees"]), len(doc["teams"])

@@ -1,0 +1,255 @@
+"""MaidCentral client: httpx with timeouts, tenacity retries and a process-wide rate limiter."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from datetime import date
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+import orjson
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+log = logging.getLogger("opsdash.upstream")
+
+MAX_RANGE_DAYS = 31
+MAX_RETRY_AFTER_S = 120.0
+
+
+class UpstreamError(RuntimeError):
+    """The upstream call failed. ``retryable`` says whether trying again later may help."""
+
+    retryable: bool = True
+
+
+class UpstreamUnavailable(UpstreamError):
+    """Transport error, timeout or 5xx."""
+
+
+class UpstreamRateLimited(UpstreamError):
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class MalformedResponse(UpstreamError):
+    """The body is not the JSON envelope we expect (truncated, wrong shape)."""
+
+
+class UpstreamRejected(UpstreamError):
+    """The upstream answered but refused: ``IsSuccess: false`` or a 4xx."""
+
+
+class UpstreamAuthError(UpstreamRejected):
+    retryable = False
+
+
+class RateLimiter:
+    """Sliding-window limits shared by every worker thread of the process.
+
+    ``acquire`` blocks until a request may go out; ``pause_for`` holds everyone
+    back after the upstream answered 429 with ``Retry-After``.
+    """
+
+    def __init__(
+        self,
+        per_minute: int,
+        per_hour: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._windows = [(60.0, per_minute, deque[float]())]
+        if per_hour:
+            self._windows.append((3600.0, per_hour, deque[float]()))
+        self._clock = clock
+        self._paused_until = 0.0
+        self._lock = threading.Lock()
+
+    def pause_for(self, seconds: float) -> None:
+        with self._lock:
+            self._paused_until = max(self._paused_until, self._clock() + seconds)
+
+    def acquire(self, stop: threading.Event | None = None) -> None:
+        while True:
+            with self._lock:
+                wait = self._wait_needed(self._clock())
+                if wait <= 0:
+                    now = self._clock()
+                    for _, _, sent in self._windows:
+                        sent.append(now)
+                    return
+            if stop is not None and stop.wait(min(wait, 1.0)):
+                raise UpstreamUnavailable("stopping: request not sent")
+            if stop is None:
+                time.sleep(min(wait, 1.0))
+
+    def _wait_needed(self, now: float) -> float:
+        wait = self._paused_until - now
+        for span, limit, sent in self._windows:
+            while sent and sent[0] <= now - span:
+                sent.popleft()
+            if len(sent) >= limit:
+                wait = max(wait, sent[0] + span - now)
+        return wait
+
+
+def _lower_keys(mapping: Mapping[str, Any]) -> dict[str, Any]:
+    return {str(key).lower(): value for key, value in mapping.items()}
+
+
+def _retry_after_s(response: httpx.Response) -> float:
+    header = response.headers.get("retry-after", "")
+    try:
+        seconds = float(header)
+    except ValueError:
+        try:
+            seconds = parsedate_to_datetime(header).timestamp() - time.time()
+        except (TypeError, ValueError):
+            seconds = 5.0
+    return min(MAX_RETRY_AFTER_S, max(0.0, seconds))
+
+
+def _is_transient(error: BaseException) -> bool:
+    return isinstance(error, UpstreamUnavailable | UpstreamRateLimited | MalformedResponse)
+
+
+class MaidCentralClient:
+    """The two endpoints the engine needs. Thread-safe; one instance per process."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        limiter: RateLimiter,
+        timeout_s: float = 30.0,
+        attempts: int = 3,
+        max_backoff_s: float = 8.0,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.limiter = limiter
+        self._attempts = attempts
+        self._max_backoff_s = max_backoff_s
+        self._stop = stop
+        self._calls = 0
+        self._calls_lock = threading.Lock()
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            headers={"Authorization": f"Bearer {api_key}", "Accept": "application/json"},
+            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)),
+            limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
+        )
+
+    @property
+    def calls(self) -> int:
+        """HTTP requests sent so far, retries included."""
+        return self._calls
+
+    def set_timeout(self, seconds: float) -> None:
+        self._http.timeout = httpx.Timeout(seconds)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def schedule(
+        self, start: date, end: date, service_company_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Jobs from ``start`` to ``end`` inclusive, for one company or all."""
+        if end < start:
+            raise ValueError(f"end date {end} is before start date {start}")
+        if (end - start).days >= MAX_RANGE_DAYS:
+            raise ValueError(f"a schedule request covers at most {MAX_RANGE_DAYS} days")
+        params = {"startDate": start.isoformat(), "endDate": end.isoformat()}
+        if service_company_id is not None:
+            params["serviceCompanyId"] = service_company_id
+        result = self._get("/api/dr-schedule", params)
+        if not isinstance(result, list):
+            raise MalformedResponse("dr-schedule: Result is not a list of jobs")
+        return result
+
+    def users(self) -> list[dict[str, Any]]:
+        """The service companies (with their users) of every group, flattened."""
+        result = self._get("/api/dr-schedule/users", {})
+        if not isinstance(result, Mapping):
+            raise MalformedResponse("dr-schedule/users: Result is not an object")
+        groups = _lower_keys(result).get("servicecompanygroups")
+        if not isinstance(groups, list):
+            raise MalformedResponse("dr-schedule/users: ServiceCompanyGroups is missing")
+        companies: list[dict[str, Any]] = []
+        for group in groups:
+            if not isinstance(group, Mapping):
+                raise MalformedResponse("dr-schedule/users: a group is not an object")
+            members = _lower_keys(group).get("servicecompanies") or []
+            if not isinstance(members, list):
+                raise MalformedResponse("dr-schedule/users: ServiceCompanies is not a list")
+            companies.extend(members)
+        return companies
+
+    def _get(self, path: str, params: dict[str, str]) -> Any:
+        retrying = Retrying(
+            retry=retry_if_exception(_is_transient),
+            stop=stop_after_attempt(self._attempts),
+            wait=self._wait,
+            reraise=True,
+        )
+        return retrying(self._get_once, path, params)
+
+    def _wait(self, state: RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome else None
+        backoff = wait_exponential_jitter(multiplier=0.5, max=self._max_backoff_s)(state)
+        if isinstance(error, UpstreamRateLimited):
+            # The limiter already holds every worker back until Retry-After.
+            return 0.0
+        return backoff
+
+    def _get_once(self, path: str, params: dict[str, str]) -> Any:
+        self.limiter.acquire(self._stop)
+        with self._calls_lock:
+            self._calls += 1
+        try:
+            response = self._http.get(path, params=params)
+        except httpx.TimeoutException as error:
+            raise UpstreamUnavailable(f"{path}: timed out ({type(error).__name__})") from error
+        except httpx.TransportError as error:
+            raise UpstreamUnavailable(f"{path}: {type(error).__name__}: {error}") from error
+        return self._unwrap(path, response)
+
+    def _unwrap(self, path: str, response: httpx.Response) -> Any:
+        status = response.status_code
+        if status == 429:
+            retry_after = _retry_after_s(response)
+            self.limiter.pause_for(retry_after)
+            log.warning("upstream rate limit hit on %s; pausing %.1fs", path, retry_after)
+            raise UpstreamRateLimited(
+                f"{path}: HTTP 429 (retry after {retry_after:g}s)", retry_after
+            )
+        if status >= 500:
+            raise UpstreamUnavailable(f"{path}: HTTP {status}")
+        if status in (401, 403):
+            raise UpstreamAuthError(f"{path}: HTTP {status}: check MAIDCENTRAL_API_KEY")
+        try:
+            body = orjson.loads(response.content)
+        except orjson.JSONDecodeError as error:
+            raise MalformedResponse(f"{path}: body is not valid JSON ({error})") from None
+        if not isinstance(body, Mapping):
+            raise MalformedResponse(f"{path}: body is not a JSON object")
+        envelope = _lower_keys(body)
+        if "issuccess" not in envelope:
+            raise MalformedResponse(f"{path}: response has no IsSuccess field")
+        if envelope["issuccess"] is not True:
+            message = envelope.get("message") or "no message"
+            raise UpstreamRejected(f"{path}: upstream reported failure (HTTP {status}): {message}")
+        if status >= 400:
+            raise UpstreamRejected(f"{path}: HTTP {status}")
+        return envelope.get("result")

@@ -1,0 +1,235 @@
+"""The worker pool: threads that claim jobs, run their handler and record the outcome."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy.exc import SQLAlchemyError
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
+from opsdash.engine import handlers, queue
+from opsdash.engine.handlers import HandlerContext, Outcome
+from opsdash.engine.models import BackgroundJob, JobStatus
+
+log = logging.getLogger("opsdash.jobs")
+
+Runner = Callable[[HandlerContext, Sequence[BackgroundJob]], list[Outcome]]
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    concurrency: int = 4
+    poll_interval_s: float = 2.0
+    lease_s: float = 60.0
+    retry_base_s: float = 10.0
+    # How long an outcome is retried against an unreachable database before the
+    # lease is left to expire and rescue re-runs the (idempotent) job.
+    record_patience_s: float = 120.0
+
+
+def _describe(job: BackgroundJob) -> str:
+    day = (job.params or {}).get("date")
+    target = f" {job.company_id}/{day}" if day else ""
+    return f"{job.job_type}{target} [{str(job.id)[:8]}]"
+
+
+class WorkerPool:
+    """N worker threads plus one heartbeat thread.
+
+    Wakes at once when this process enqueues (``wake``), otherwise polls.
+    ``stop`` lets running batches finish, then releases whatever is still held,
+    so a clean shutdown never leaves a job ``running``.
+    """
+
+    def __init__(
+        self, context: HandlerContext, settings: PoolSettings, runner: Runner = handlers.run
+    ) -> None:
+        self.context = context
+        self.settings = settings
+        self._runner = runner
+        self._stopping = threading.Event()
+        self._wake = threading.Condition()
+        self._wake_pending = False
+        self._paused = threading.Event()
+        self._held: dict[str, list[BackgroundJob]] = {}
+        self._held_lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+
+    # --- control ---------------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        return len(self._threads)
+
+    @property
+    def busy(self) -> int:
+        with self._held_lock:
+            return sum(1 for jobs in self._held.values() if jobs)
+
+    @property
+    def paused(self) -> bool:
+        return self._paused.is_set()
+
+    @property
+    def stop_event(self) -> threading.Event:
+        return self._stopping
+
+    def start(self) -> None:
+        if self._threads:
+            return
+        for index in range(self.settings.concurrency):
+            worker_id = queue.new_worker_id()
+            thread = threading.Thread(
+                target=self._work, args=(worker_id,), name=f"opsdash-worker-{index}", daemon=True
+            )
+            self._threads.append(thread)
+        heartbeat = threading.Thread(target=self._heartbeat, name="opsdash-heartbeat", daemon=True)
+        self._threads.append(heartbeat)
+        for thread in self._threads:
+            thread.start()
+
+    def wake(self) -> None:
+        with self._wake:
+            self._wake_pending = True
+            self._wake.notify_all()
+
+    def pause(self) -> None:
+        self._paused.set()
+
+    def resume(self) -> None:
+        self._paused.clear()
+        self.wake()
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        self._stopping.set()
+        self.wake()
+        for thread in self._threads:
+            thread.join(timeout=timeout_s)
+        self._release_held()
+        self._threads.clear()
+
+    # --- threads ---------------------------------------------------------------------
+
+    def _sleep(self) -> None:
+        with self._wake:
+            if not self._wake_pending:
+                self._wake.wait(self.settings.poll_interval_s)
+            self._wake_pending = False
+
+    def _work(self, worker_id: str) -> None:
+        while not self._stopping.is_set():
+            if self._paused.is_set():
+                self._sleep()
+                continue
+            try:
+                batch = queue.claim(self.context.db, worker_id, lease_s=self.settings.lease_s)
+            except SQLAlchemyError as error:
+                log.warning("claim failed (database unreachable?): %s", error.__class__.__name__)
+                self._stopping.wait(self.settings.poll_interval_s)
+                continue
+            if not batch:
+                self._sleep()
+                continue
+            self._run_batch(worker_id, batch)
+
+    def _run_batch(self, worker_id: str, batch: list[BackgroundJob]) -> None:
+        with self._held_lock:
+            self._held[worker_id] = batch
+        for job in batch:
+            log.info("started %s attempt %d/%d", _describe(job), job.attempts, job.max_attempts)
+        try:
+            outcomes = self._runner(self.context, batch)
+        except Exception as error:
+            log.exception("handler crashed on %s", _describe(batch[0]))
+            message = f"internal error: {type(error).__name__}: {error}"
+            outcomes = [Outcome(job, False, error=message) for job in batch]
+        missing = {job.id for job in batch} - {outcome.job.id for outcome in outcomes}
+        outcomes += [
+            Outcome(job, False, error="handler returned no outcome")
+            for job in batch
+            if job.id in missing
+        ]
+        for outcome in outcomes:
+            self._record(worker_id, outcome)
+        with self._held_lock:
+            self._held.pop(worker_id, None)
+
+    def _record(self, worker_id: str, outcome: Outcome) -> None:
+        """Write the outcome, riding out a short database outage."""
+        retrying = Retrying(
+            retry=retry_if_exception_type(SQLAlchemyError),
+            stop=stop_after_delay(self.settings.record_patience_s),
+            wait=wait_exponential(multiplier=0.2, max=5),
+            reraise=True,
+        )
+        try:
+            retrying(self._record_once, worker_id, outcome)
+        except SQLAlchemyError:
+            log.error(
+                "could not record the outcome of %s; rescue will re-run it", _describe(outcome.job)
+            )
+
+    def _record_once(self, worker_id: str, outcome: Outcome) -> None:
+        job, db = outcome.job, self.context.db
+        if not outcome.ok and self._stopping.is_set():
+            # Interrupted by shutdown (e.g. waiting on the rate limiter): not a real attempt.
+            queue.release(db, [job], worker_id)
+            return
+        if outcome.ok:
+            if queue.complete(db, job, worker_id, outcome.result):
+                log.info("completed %s %s", _describe(job), _summary(outcome.result))
+            else:
+                log.warning("lost the lease of %s; its result was dropped", _describe(job))
+            return
+        status = queue.fail(
+            db,
+            job,
+            worker_id,
+            outcome.error,
+            retry_base_s=self.settings.retry_base_s,
+            retryable=outcome.retryable,
+        )
+        if status == JobStatus.PENDING:
+            log.warning("retrying %s after: %s", _describe(job), outcome.error)
+        elif status == JobStatus.FAILED:
+            log.error("failed %s: %s", _describe(job), outcome.error)
+        else:
+            log.warning("lost the lease of %s; its failure was dropped", _describe(job))
+
+    def _heartbeat(self) -> None:
+        interval = max(0.2, self.settings.lease_s / 3)
+        while not self._stopping.wait(interval):
+            with self._held_lock:
+                held = {worker: [job.id for job in jobs] for worker, jobs in self._held.items()}
+            for worker_id, job_ids in held.items():
+                self._renew(worker_id, job_ids)
+
+    def _renew(self, worker_id: str, job_ids: list[uuid.UUID]) -> None:
+        try:
+            queue.heartbeat(self.context.db, worker_id, job_ids, lease_s=self.settings.lease_s)
+        except SQLAlchemyError as error:
+            log.warning("heartbeat failed: %s", error.__class__.__name__)
+
+    def _release_held(self) -> None:
+        with self._held_lock:
+            held = list(self._held.items())
+            self._held.clear()
+        for worker_id, jobs in held:
+            try:
+                released = queue.release(self.context.db, jobs, worker_id)
+                log.info("released %d unfinished job(s) of %s on shutdown", released, worker_id)
+            except SQLAlchemyError:
+                log.error("could not release jobs of %s; rescue will requeue them", worker_id)
+
+
+def _summary(result: dict | None) -> str:
+    if not result:
+        return ""
+    if "bytes" in result:
+        state = "unchanged" if result.get("unchanged") else "written"
+        return f"({result.get('jobs')} jobs, {result['bytes']} bytes, {state})"
+    return "(" + ", ".join(f"{k}={v}" for k, v in result.items() if isinstance(v, int)) + ")"
