@@ -119,32 +119,34 @@ class Engine:
                 ),
             )
             self.pool.start()
-        if scheduler and self.scheduler is None:
-            self.scheduler = self._start_scheduler()
-            if self._is_first_run():
+        if (scheduler or self.pool is not None) and self.scheduler is None:
+            self.scheduler = self._start_scheduler(coordinate=scheduler)
+            if scheduler and self._is_first_run():
                 self.sync_now()
 
-    def _start_scheduler(self) -> BackgroundScheduler:
+    def _start_scheduler(self, *, coordinate: bool) -> BackgroundScheduler:
+        """Rescue runs wherever workers run; the sync cron and pruning only when coordinating."""
         scheduler = BackgroundScheduler(timezone="UTC")
         common = {"coalesce": True, "max_instances": 1, "misfire_grace_time": 300}
         scheduler.add_job(
-            self._scheduled_sync,
-            CronTrigger.from_crontab(self.settings.sync_cron, timezone="UTC"),
-            id="sync",
-            name="hourly sync run",
-            **common,
-        )
-        scheduler.add_job(
             self.rescue,
             "interval",
-            seconds=max(1.0, self.settings.lease_s / 2),
+            seconds=max(0.5, self.settings.lease_s / 2),
             id="rescue",
             name="rescue expired leases",
             **common,
         )
-        scheduler.add_job(
-            self.prune, "interval", hours=1, id="prune", name="prune old jobs", **common
-        )
+        if coordinate:
+            scheduler.add_job(
+                self._scheduled_sync,
+                CronTrigger.from_crontab(self.settings.sync_cron, timezone="UTC"),
+                id="sync",
+                name="hourly sync run",
+                **common,
+            )
+            scheduler.add_job(
+                self.prune, "interval", hours=1, id="prune", name="prune old jobs", **common
+            )
         scheduler.start()
         return scheduler
 
