@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlmodel import col, select
+from sqlalchemy import select
 
 from opsdash.engine import queue
 from opsdash.engine.db import Database
@@ -42,7 +42,7 @@ def local_days(timezone: str | None, now: datetime, days_ahead: int) -> list[dat
 
 
 def schedule_jobs_for(
-    companies: Sequence[Company], *, now: datetime, days_ahead: int, max_attempts: int
+    companies: Sequence[Company | SyncTarget], *, now: datetime, days_ahead: int, max_attempts: int
 ) -> list[queue.NewJob]:
     return [
         queue.schedule_job(company.id, day.isoformat(), max_attempts=max_attempts)
@@ -51,12 +51,23 @@ def schedule_jobs_for(
     ]
 
 
-def syncable_companies(db: Database, company_id: uuid.UUID | None = None) -> list[Company]:
-    query = select(Company).where(col(Company.sync_enabled), col(Company.portal_enabled))
+@dataclass(frozen=True)
+class SyncTarget:
+    id: uuid.UUID
+    timezone: str
+
+
+def syncable_companies(db: Database, company_id: uuid.UUID | None = None) -> list[SyncTarget]:
+    """Enabled companies: only the two columns planning needs (thousands of rows, hourly)."""
+    companies = Company.__table__.c  # type: ignore[attr-defined]
+    query = select(companies.id, companies.timezone).where(
+        companies.sync_enabled, companies.portal_enabled
+    )
     if company_id is not None:
-        query = query.where(Company.id == company_id)
-    with db.session() as session:
-        return list(session.exec(query.order_by(Company.service_company_id)))
+        query = query.where(companies.id == company_id)
+    with db.read() as conn:
+        rows = conn.execute(query.order_by(companies.service_company_id)).all()
+    return [SyncTarget(row.id, row.timezone) for row in rows]
 
 
 def plan_and_enqueue(

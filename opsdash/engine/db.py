@@ -6,14 +6,26 @@ or transaction they need.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, Insert, Select, create_engine, event, func, text
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Insert,
+    Select,
+    create_engine,
+    event,
+    func,
+    select,
+    text,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlmodel import Session, SQLModel
@@ -67,28 +79,53 @@ class Database:
         """Row locks for a claim; SQLite's immediate transaction already serialises writers."""
         return query.with_for_update(skip_locked=True) if self.is_postgres else query
 
+    def lock_rows(self, query: Select[Any]) -> Select[Any]:
+        """Row locks that wait for other holders (Postgres); a no-op on SQLite."""
+        return query.with_for_update() if self.is_postgres else query
+
+    def try_lock_company(self, conn: Connection, company_id: uuid.UUID) -> bool:
+        """A transaction-scoped lock on claiming one company's jobs.
+
+        Postgres: an advisory lock, released at commit or rollback. SQLite: the
+        immediate transaction already holds the only write lock, so always True.
+        """
+        if not self.is_postgres:
+            return True
+        key = func.hashtextextended(str(company_id), 0)
+        return bool(conn.execute(select(func.pg_try_advisory_xact_lock(key))).scalar())
+
     def insert(self, table: Any) -> Insert:
         """The dialect's INSERT, which knows ON CONFLICT."""
         dialect_insert = postgresql.insert if self.is_postgres else sqlite.insert
         return dialect_insert(table)
 
-    def insert_jobs_skip_duplicates(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> int:
+    def insert_jobs_skip_duplicates(
+        self, conn: Connection, rows: Sequence[NewJobRow], now: datetime
+    ) -> int:
         """Insert many jobs in one statement; rows whose dedup key is active are skipped.
 
         The rows travel as a single JSON parameter, which keeps a 7,000-job sync
-        run to one round trip and clear of the bind-parameter limits.
-        Returns how many rows were inserted.
+        run to one round trip and clear of the bind-parameter limits; ids and
+        timestamps are filled in by the database. Returns how many were inserted.
         """
         if not rows:
             return 0
         if self.is_postgres:
-            payload = [_pg_job_row(row) for row in rows]
-            sql = _PG_INSERT_JOBS
+            payload = [(t, str(c) if c else None, p, k, m, _iso(s)) for t, c, p, k, m, s in rows]
+            result = conn.execute(
+                text(_PG_INSERT_JOBS), {"rows": orjson.dumps(payload).decode(), "now": now}
+            )
         else:
-            payload = [_sqlite_job_row(row) for row in rows]
-            sql = _SQLITE_INSERT_JOBS
-        result = conn.execute(text(sql), {"rows": orjson.dumps(payload).decode()})
-        return len(result.fetchall())
+            # SQLite stores uuids as 32 hex digits and timestamps as naive UTC text.
+            payload = [
+                (t, c.hex if c else None, orjson.dumps(p).decode(), k, m, _sqlite_time(s))
+                for t, c, p, k, m, s in rows
+            ]
+            result = conn.execute(
+                text(_SQLITE_INSERT_JOBS),
+                {"rows": orjson.dumps(payload).decode(), "now": _sqlite_time(now)},
+            )
+        return result.rowcount
 
     def greatest(self, *values: Any) -> Any:
         """SQL max of two values: GREATEST on Postgres, the scalar MAX on SQLite."""
@@ -98,6 +135,9 @@ class Database:
         self.engine.dispose()
 
 
+# (job_type, company_id, params, dedup_key, max_attempts, scheduled_at or None for now)
+NewJobRow = tuple[str, uuid.UUID | None, dict[str, Any], str, int, datetime | None]
+
 _JOB_COLUMNS = (
     "id, job_type, company_id, status, params, errors, attempts, max_attempts, "
     "scheduled_at, created_at, dedup_key, rescue_count"
@@ -105,48 +145,29 @@ _JOB_COLUMNS = (
 
 _PG_INSERT_JOBS = f"""
 INSERT INTO background_jobs ({_JOB_COLUMNS})
-SELECT r.id, r.job_type, r.company_id, 'pending', r.params, '[]'::jsonb, 0, r.max_attempts,
-       r.scheduled_at, r.created_at, r.dedup_key, 0
-FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(
-    id uuid, job_type text, company_id uuid, params jsonb, max_attempts int,
-    scheduled_at timestamptz, created_at timestamptz, dedup_key text)
+SELECT gen_random_uuid(), r->>0, (r->>1)::uuid, 'pending', r->2, '[]'::jsonb, 0, (r->>4)::int,
+       COALESCE((r->>5)::timestamptz, :now), :now, r->>3, 0
+FROM jsonb_array_elements(CAST(:rows AS jsonb)) AS r
 ON CONFLICT (dedup_key) WHERE status IN ('pending', 'running') DO NOTHING
-RETURNING id
 """
 
 _SQLITE_INSERT_JOBS = f"""
 INSERT INTO background_jobs ({_JOB_COLUMNS})
-SELECT json_extract(value, '$.id'), json_extract(value, '$.job_type'),
-       json_extract(value, '$.company_id'), 'pending', json_extract(value, '$.params'), '[]', 0,
-       json_extract(value, '$.max_attempts'), json_extract(value, '$.scheduled_at'),
-       json_extract(value, '$.created_at'), json_extract(value, '$.dedup_key'), 0
+SELECT lower(hex(randomblob(16))), value ->> 0, value ->> 1, 'pending', value ->> 2, '[]', 0,
+       value ->> 4, COALESCE(value ->> 5, :now), :now, value ->> 3, 0
 FROM json_each(:rows) WHERE true
 ON CONFLICT (dedup_key) WHERE status IN ('pending', 'running') DO NOTHING
-RETURNING id
 """
 
 
-def _pg_job_row(row: dict[str, Any]) -> dict[str, Any]:
-    return {
-        **row,
-        "id": str(row["id"]),
-        "company_id": str(row["company_id"]) if row["company_id"] else None,
-        "scheduled_at": row["scheduled_at"].isoformat(),
-        "created_at": row["created_at"].isoformat(),
-    }
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment else None
 
 
-def _sqlite_job_row(row: dict[str, Any]) -> dict[str, Any]:
-    # Must match what the column types write on SQLite: uuid as 32 hex digits,
-    # naive UTC text timestamps, JSON as text.
-    return {
-        **row,
-        "id": row["id"].hex,
-        "company_id": row["company_id"].hex if row["company_id"] else None,
-        "params": orjson.dumps(row["params"]).decode(),
-        "scheduled_at": row["scheduled_at"].strftime(SQLITE_DATETIME_FORMAT),
-        "created_at": row["created_at"].strftime(SQLITE_DATETIME_FORMAT),
-    }
+def _sqlite_time(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).strftime(SQLITE_DATETIME_FORMAT)
 
 
 def connect(url: str, *, pool_size: int = 10) -> Database:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import Connection, delete, select
 from tzlocal.windows_tz import win_tz
 
 from opsdash.engine import coordinator, queue
@@ -140,7 +140,28 @@ def _sync_window(
     except TransformError as error:
         message = f"malformed upstream data: {error}"
         return [Outcome(job, False, error=message) for job, _ in jobs]
-    return [_store_day_safely(context, company, job, day, by_day.get(day, [])) for job, day in jobs]
+    stored = _stored_metadata(context.db, company.id, [day for _, day in jobs])
+    outcomes: list[Outcome] = []
+    changed: list[tuple[Outcome, ScheduleData]] = []
+    for job, day in jobs:
+        outcome, row = _store_day_safely(
+            context, company, job, day, by_day.get(day, []), stored.get(day)
+        )
+        (changed.append((outcome, row)) if row is not None else outcomes.append(outcome))
+    return outcomes + _record_metadata(context.db, changed)
+
+
+def _record_metadata(db: Database, changed: list[tuple[Outcome, ScheduleData]]) -> list[Outcome]:
+    """One upsert for all the days whose blob was rewritten."""
+    if not changed:
+        return []
+    try:
+        _upsert_metadata(db, [row for _, row in changed])
+    except Exception as error:
+        log.exception("recording schedule metadata failed")
+        message = f"recording metadata failed: {type(error).__name__}: {error}"
+        return [Outcome(outcome.job, False, error=message) for outcome, _ in changed]
+    return [outcome for outcome, _ in changed]
 
 
 def _store_day_safely(
@@ -149,13 +170,15 @@ def _store_day_safely(
     job: BackgroundJob,
     day: date,
     records: list[dict[str, Any]],
-) -> Outcome:
-    """Storage or database trouble fails this day's job only; the others go on."""
+    stored: ScheduleData | None,
+) -> tuple[Outcome, ScheduleData | None]:
+    """Storage trouble fails this day's job only; the others go on."""
     try:
-        return _store_day(context, company, job, day, records)
+        return _store_day(context, company, job, day, records, stored)
     except Exception as error:
         log.exception("storing %s/%s failed", company.service_company_id, day)
-        return Outcome(job, False, error=f"storing {day} failed: {type(error).__name__}: {error}")
+        message = f"storing {day} failed: {type(error).__name__}: {error}"
+        return Outcome(job, False, error=message), None
 
 
 def _store_day(
@@ -164,45 +187,41 @@ def _store_day(
     job: BackgroundJob,
     day: date,
     records: list[dict[str, Any]],
-) -> Outcome:
+    stored: ScheduleData | None,
+) -> tuple[Outcome, ScheduleData | None]:
+    """Write the day's blob if its content changed; returns the metadata row to record."""
     try:
         path = schedule_path(company.service_company_id, day)
-        stored = _stored_metadata(context.db, company.id, day)
         document, body, generated_at = _render(company, day, records, stored)
     except (TransformError, InvalidBlobPath) as error:
-        return Outcome(job, False, error=f"malformed upstream data for {day}: {error}")
+        return Outcome(job, False, error=f"malformed upstream data for {day}: {error}"), None
 
     checksum = sha256_hex(body)
     unchanged = stored is not None and stored.checksum == checksum
-    if not unchanged:
-        context.blobs.put(path, body)
-        jobs_n, employees_n, teams_n = document_counts(document)
-        _upsert_metadata(
-            context.db,
-            ScheduleData(
-                company_id=company.id,
-                date=day,
-                storage_path=path,
-                file_size_kb=round(len(body) / 1024, 2),
-                checksum=checksum,
-                job_count=jobs_n,
-                employee_count=employees_n,
-                team_count=teams_n,
-                status="ready",
-                updated_at=generated_at,
-            ),
-        )
-    return Outcome(
-        job,
-        True,
-        {
-            "path": path,
-            "bytes": len(body),
-            "checksum": checksum,
-            "jobs": len(records),
-            "unchanged": unchanged,
-        },
+    result = {
+        "path": path,
+        "bytes": len(body),
+        "checksum": checksum,
+        "jobs": len(records),
+        "unchanged": unchanged,
+    }
+    if unchanged:
+        return Outcome(job, True, result), None
+    context.blobs.put(path, body)
+    jobs_n, employees_n, teams_n = document_counts(document)
+    row = ScheduleData(
+        company_id=company.id,
+        date=day,
+        storage_path=path,
+        file_size_kb=round(len(body) / 1024, 2),
+        checksum=checksum,
+        job_count=jobs_n,
+        employee_count=employees_n,
+        team_count=teams_n,
+        status="ready",
+        updated_at=generated_at,
     )
+    return Outcome(job, True, result), row
 
 
 def _render(
@@ -237,21 +256,24 @@ def _serialize(
     return document, serialize_document(document)
 
 
-def _stored_metadata(db: Database, company_id: uuid.UUID, day: date) -> ScheduleData | None:
+def _stored_metadata(
+    db: Database, company_id: uuid.UUID, days: list[date]
+) -> dict[date, ScheduleData]:
     with db.session() as session:
-        return session.execute(
+        rows = session.execute(
             select(ScheduleData).where(
-                ScheduleData.company_id == company_id, ScheduleData.date == day
+                ScheduleData.company_id == company_id,
+                SCHEDULES.c.date.in_(days),
             )
-        ).scalar_one_or_none()
+        ).scalars()
+        return {row.date: row for row in rows}
 
 
-def _upsert_metadata(db: Database, row: ScheduleData) -> None:
-    values = row.model_dump()
+def _upsert_metadata(db: Database, rows: list[ScheduleData]) -> None:
+    values = [row.model_dump() for row in rows]
     insert = db.insert(SCHEDULES).values(values)
-    updated = {
-        key: insert.excluded[key] for key in values if key not in ("id", "company_id", "date")
-    }
+    keep = ("id", "company_id", "date")
+    updated = {key: insert.excluded[key] for key in values[0] if key not in keep}
     with db.write() as conn:
         conn.execute(
             insert.on_conflict_do_update(index_elements=["company_id", "date"], set_=updated)
@@ -296,31 +318,38 @@ def sync_users(context: HandlerContext, job: BackgroundJob) -> Outcome:
 
     summary = _UsersResult()
     now = utcnow()
-    for raw in upstream_companies:
-        if not isinstance(raw, Mapping):
-            summary.skipped.append("a company record that is not an object")
-            continue
-        record = {str(key).lower(): value for key, value in raw.items()}
-        service_id = str(record.get("servicecompanyid") or "")
-        if not SERVICE_COMPANY_ID.fullmatch(service_id):
-            summary.skipped.append(f"company with invalid ServiceCompanyId {service_id!r}")
-            continue
-        company_id, created = _upsert_company(context.db, service_id, record, now)
-        summary.companies += 1
-        if created:
-            summary.new_companies.append(service_id)
-        kept, removed, skipped = _replace_profiles(context.db, company_id, record.get("users"), now)
-        summary.profiles += kept
-        summary.removed_profiles += removed
-        summary.skipped += skipped
-
+    # One transaction for the whole directory: a crash mid-way changes nothing.
+    with context.db.write() as conn:
+        for raw in upstream_companies:
+            _sync_company(context.db, conn, raw, now, summary)
     if summary.new_companies:
         summary.queued = _queue_new_companies(context, summary.new_companies)
     return Outcome(job, True, summary.__dict__)
 
 
+def _sync_company(
+    db: Database, conn: Connection, raw: Any, now: datetime, summary: _UsersResult
+) -> None:
+    if not isinstance(raw, Mapping):
+        summary.skipped.append("a company record that is not an object")
+        return
+    record = {str(key).lower(): value for key, value in raw.items()}
+    service_id = str(record.get("servicecompanyid") or "")
+    if not SERVICE_COMPANY_ID.fullmatch(service_id):
+        summary.skipped.append(f"company with invalid ServiceCompanyId {service_id!r}")
+        return
+    company_id, created = _upsert_company(conn, service_id, record, now)
+    summary.companies += 1
+    if created:
+        summary.new_companies.append(service_id)
+    kept, removed, skipped = _replace_profiles(db, conn, company_id, record.get("users"), now)
+    summary.profiles += kept
+    summary.removed_profiles += removed
+    summary.skipped += skipped
+
+
 def _upsert_company(
-    db: Database, service_id: str, record: dict[str, Any], now: datetime
+    conn: Connection, service_id: str, record: dict[str, Any], now: datetime
 ) -> tuple[uuid.UUID, bool]:
     active = bool(record.get("isactive", True))
     toggles = record.get("featuretoggles")
@@ -332,27 +361,26 @@ def _upsert_company(
         else {},
         "updated_at": now,
     }
-    with db.write() as conn:
-        existing = conn.execute(
-            select(COMPANIES.c.id).where(COMPANIES.c.service_company_id == service_id)
-        ).scalar_one_or_none()
-        if existing is not None:
-            # Operator state (overrides, enabled flags) is never touched by a sync.
-            conn.execute(COMPANIES.update().where(COMPANIES.c.id == existing).values(values))
-            return existing, False
-        company_id = uuid.uuid4()
-        conn.execute(
-            COMPANIES.insert().values(
-                id=company_id,
-                service_company_id=service_id,
-                sync_enabled=active,
-                portal_enabled=active,
-                toggle_overrides={},
-                created_at=now,
-                **values,
-            )
+    existing = conn.execute(
+        select(COMPANIES.c.id).where(COMPANIES.c.service_company_id == service_id)
+    ).scalar_one_or_none()
+    if existing is not None:
+        # Operator state (overrides, enabled flags) is never touched by a sync.
+        conn.execute(COMPANIES.update().where(COMPANIES.c.id == existing).values(values))
+        return existing, False
+    company_id = uuid.uuid4()
+    conn.execute(
+        COMPANIES.insert().values(
+            id=company_id,
+            service_company_id=service_id,
+            sync_enabled=active,
+            portal_enabled=active,
+            toggle_overrides={},
+            created_at=now,
+            **values,
         )
-        return company_id, True
+    )
+    return company_id, True
 
 
 def _profile_row(user: Any, company_id: uuid.UUID, now: datetime) -> dict[str, Any] | str:
@@ -383,29 +411,31 @@ def _profile_row(user: Any, company_id: uuid.UUID, now: datetime) -> dict[str, A
 
 
 def _replace_profiles(
-    db: Database, company_id: uuid.UUID, users: Any, now: datetime
+    db: Database, conn: Connection, company_id: uuid.UUID, users: Any, now: datetime
 ) -> tuple[int, int, list[str]]:
     """Upsert the company's users; remove profiles the upstream no longer lists (fail closed)."""
     rows: list[dict[str, Any]] = []
     skipped: list[str] = []
     for user in users if isinstance(users, list) else []:
         row = _profile_row(user, company_id, now)
-        (skipped.append if isinstance(row, str) else rows.append)(row)  # type: ignore[arg-type]
-    with db.write() as conn:
-        for chunk_start in range(0, len(rows), 500):
-            insert = db.insert(PROFILES).values(rows[chunk_start : chunk_start + 500])
-            conn.execute(
-                insert.on_conflict_do_update(
-                    index_elements=["id"],
-                    set_={key: insert.excluded[key] for key in rows[0] if key != "id"},
-                )
+        if isinstance(row, str):
+            skipped.append(row)
+        else:
+            rows.append(row)
+    for chunk_start in range(0, len(rows), 500):
+        insert = db.insert(PROFILES).values(rows[chunk_start : chunk_start + 500])
+        conn.execute(
+            insert.on_conflict_do_update(
+                index_elements=["id"],
+                set_={key: insert.excluded[key] for key in rows[0] if key != "id"},
             )
-        removed = conn.execute(
-            delete(PROFILES).where(
-                PROFILES.c.company_id == company_id,
-                PROFILES.c.id.not_in([row["id"] for row in rows]),
-            )
-        ).rowcount
+        )
+    removed = conn.execute(
+        delete(PROFILES).where(
+            PROFILES.c.company_id == company_id,
+            PROFILES.c.id.not_in([row["id"] for row in rows]),
+        )
+    ).rowcount
     return len(rows), removed, skipped
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, select, tuple_, update
+from sqlalchemy import Connection, and_, delete, or_, select, update
 
 from opsdash.engine.db import Database
 from opsdash.engine.models import (
@@ -46,6 +46,7 @@ C = JOBS.c
 
 # A company's whole sync window fits in one coalesced claim.
 MAX_COALESCED_JOBS = 62
+MAX_CLAIM_TRIES = 4
 MAX_BACKOFF_S = 15 * 60
 ERROR_MESSAGE_LIMIT = 2000
 
@@ -99,20 +100,18 @@ def enqueue(db: Database, jobs: Sequence[NewJob], *, now: datetime | None = None
     if now.tzinfo is None or any(j.scheduled_at and j.scheduled_at.tzinfo is None for j in jobs):
         raise ValueError("naive datetime given where UTC is required")
     rows = [
-        {
-            "id": uuid.uuid4(),
-            "job_type": str(job.job_type),
-            "company_id": job.company_id,
-            "params": job.params,
-            "max_attempts": job.max_attempts,
-            "scheduled_at": job.scheduled_at or now,
-            "created_at": now,
-            "dedup_key": job.dedup_key,
-        }
+        (
+            job.job_type,
+            job.company_id,
+            job.params,
+            job.dedup_key,
+            job.max_attempts,
+            job.scheduled_at,
+        )
         for job in jobs
     ]
     with db.write() as conn:
-        return db.insert_jobs_skip_duplicates(conn, rows)
+        return db.insert_jobs_skip_duplicates(conn, rows, now)
 
 
 def expedite(db: Database, dedup_keys: Sequence[str], *, now: datetime | None = None) -> int:
@@ -136,28 +135,6 @@ def _due(now: datetime) -> Any:
     return and_(C.status == JobStatus.PENDING, C.scheduled_at <= now)
 
 
-def _earlier_due_sibling(now: datetime) -> Any:
-    """A due job of the same company and type that comes first.
-
-    A claim starts only at a company's first due job, so while one worker is
-    still claiming a company's days (its rows locked but not yet committed),
-    another worker moves on to the next company instead of taking one of those
-    days and splitting the company's single upstream call in two.
-    """
-    earlier = JOBS.alias("earlier")
-    return (
-        select(earlier.c.id)
-        .where(
-            earlier.c.company_id == C.company_id,
-            earlier.c.job_type == C.job_type,
-            earlier.c.status == JobStatus.PENDING,
-            earlier.c.scheduled_at <= now,
-            tuple_(earlier.c.scheduled_at, earlier.c.id) < tuple_(C.scheduled_at, C.id),
-        )
-        .exists()
-    )
-
-
 def _claim_values(worker_id: str, now: datetime, lease_s: float) -> dict[str, Any]:
     return {
         "status": JobStatus.RUNNING,
@@ -169,6 +146,11 @@ def _claim_values(worker_id: str, now: datetime, lease_s: float) -> dict[str, An
     }
 
 
+class _CompanyBusy(Exception):
+    def __init__(self, company_id: uuid.UUID) -> None:
+        self.company_id = company_id
+
+
 def claim(
     db: Database, worker_id: str, *, lease_s: float, now: datetime | None = None
 ) -> list[BackgroundJob]:
@@ -178,14 +160,24 @@ def claim(
     Returns [] when nothing is due.
     """
     now = now or utcnow()
+    busy: list[uuid.UUID] = []
+    for _ in range(MAX_CLAIM_TRIES):
+        try:
+            return _claim_once(db, worker_id, lease_s, now, busy)
+        except _CompanyBusy as conflict:
+            busy.append(conflict.company_id)
+    return []
+
+
+def _claim_once(
+    db: Database, worker_id: str, lease_s: float, now: datetime, busy: list[uuid.UUID]
+) -> list[BackgroundJob]:
     values = _claim_values(worker_id, now, lease_s)
+    due = select(C.id).where(_due(now))
+    if busy:
+        due = due.where(or_(C.company_id.is_(None), C.company_id.not_in(busy)))
+    head_id = db.lock_skip_locked(due.order_by(C.scheduled_at, C.id).limit(1)).scalar_subquery()
     with db.write() as conn:
-        head_id = db.lock_skip_locked(
-            select(C.id)
-            .where(_due(now), ~_earlier_due_sibling(now))
-            .order_by(C.scheduled_at, C.id)
-            .limit(1)
-        ).scalar_subquery()
         head = conn.execute(
             update(JOBS).where(C.id == head_id).values(values).returning(*JOBS.c)
         ).first()
@@ -193,6 +185,10 @@ def claim(
             return []
         claimed = [_job(head)]
         if head.job_type == JobType.SYNC_SCHEDULE and head.company_id is not None:
+            # Another worker in the middle of claiming this company holds the lock:
+            # taking one of its days would split its single upstream call in two.
+            if not db.try_lock_company(conn, head.company_id):
+                raise _CompanyBusy(head.company_id)  # rolls back our claim of the head
             claimed += _claim_company_siblings(db, conn, head.company_id, values, now)
     return claimed
 
@@ -200,7 +196,9 @@ def claim(
 def _claim_company_siblings(
     db: Database, conn: Connection, company_id: uuid.UUID, values: dict[str, Any], now: datetime
 ) -> list[BackgroundJob]:
-    sibling_ids = db.lock_skip_locked(
+    # Waiting (not skipping) here: a day locked right now belongs to a worker that
+    # is about to find the company busy and let go of it.
+    sibling_ids = db.lock_rows(
         select(C.id)
         .where(_due(now), C.company_id == company_id, C.job_type == JobType.SYNC_SCHEDULE)
         .order_by(C.scheduled_at)
@@ -264,21 +262,36 @@ def complete(
     now: datetime | None = None,
 ) -> bool:
     """running → completed. False when the lease was lost (someone else owns the job now)."""
+    return complete_many(db, [(job, result)], worker_id, now=now) == [job.id]
+
+
+def complete_many(
+    db: Database,
+    done: Sequence[tuple[BackgroundJob, dict[str, Any] | None]],
+    worker_id: str,
+    *,
+    now: datetime | None = None,
+) -> list[uuid.UUID]:
+    """Complete a batch in one transaction; returns the ids this worker still owned."""
     now = now or utcnow()
+    completed: list[uuid.UUID] = []
     with db.write() as conn:
-        outcome = conn.execute(
-            update(JOBS)
-            .where(_fenced(job, worker_id))
-            .values(
-                status=JobStatus.COMPLETED,
-                result=result or {},
-                error_message=None,
-                completed_at=now,
-                duration_ms=_duration_ms(job, now),
-                lease_expires_at=None,
+        for job, result in done:
+            outcome = conn.execute(
+                update(JOBS)
+                .where(_fenced(job, worker_id))
+                .values(
+                    status=JobStatus.COMPLETED,
+                    result=result or {},
+                    error_message=None,
+                    completed_at=now,
+                    duration_ms=_duration_ms(job, now),
+                    lease_expires_at=None,
+                )
             )
-        )
-        return outcome.rowcount == 1
+            if outcome.rowcount == 1:
+                completed.append(job.id)
+    return completed
 
 
 def backoff_delay_s(attempt: int, base_s: float, rng: random.Random | None = None) -> float:

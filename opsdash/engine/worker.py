@@ -7,6 +7,7 @@ import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
@@ -153,13 +154,17 @@ class WorkerPool:
             for job in batch
             if job.id in missing
         ]
+        successes = [outcome for outcome in outcomes if outcome.ok]
+        if successes:
+            self._patiently(self._record_successes, worker_id, successes)
         for outcome in outcomes:
-            self._record(worker_id, outcome)
+            if not outcome.ok:
+                self._patiently(self._record_failure, worker_id, outcome)
         with self._held_lock:
             self._held.pop(worker_id, None)
 
-    def _record(self, worker_id: str, outcome: Outcome) -> None:
-        """Write the outcome, riding out a short database outage."""
+    def _patiently(self, record: Callable[[str, Any], None], worker_id: str, what: Any) -> None:
+        """Write an outcome, riding out a short database outage."""
         retrying = Retrying(
             retry=retry_if_exception_type(SQLAlchemyError),
             stop=stop_after_delay(self.settings.record_patience_s),
@@ -167,23 +172,24 @@ class WorkerPool:
             reraise=True,
         )
         try:
-            retrying(self._record_once, worker_id, outcome)
+            retrying(record, worker_id, what)
         except SQLAlchemyError:
-            log.error(
-                "could not record the outcome of %s; rescue will re-run it", _describe(outcome.job)
-            )
+            log.error("could not record an outcome of %s; rescue will re-run it", worker_id)
 
-    def _record_once(self, worker_id: str, outcome: Outcome) -> None:
+    def _record_successes(self, worker_id: str, outcomes: list[Outcome]) -> None:
+        done = [(outcome.job, outcome.result) for outcome in outcomes]
+        completed = set(queue.complete_many(self.context.db, done, worker_id))
+        for outcome in outcomes:
+            if outcome.job.id in completed:
+                log.info("completed %s %s", _describe(outcome.job), _summary(outcome.result))
+            else:
+                log.warning("lost the lease of %s; its result was dropped", _describe(outcome.job))
+
+    def _record_failure(self, worker_id: str, outcome: Outcome) -> None:
         job, db = outcome.job, self.context.db
-        if not outcome.ok and self._stopping.is_set():
+        if self._stopping.is_set():
             # Interrupted by shutdown (e.g. waiting on the rate limiter): not a real attempt.
             queue.release(db, [job], worker_id)
-            return
-        if outcome.ok:
-            if queue.complete(db, job, worker_id, outcome.result):
-                log.info("completed %s %s", _describe(job), _summary(outcome.result))
-            else:
-                log.warning("lost the lease of %s; its result was dropped", _describe(job))
             return
         status = queue.fail(
             db,

@@ -1,0 +1,196 @@
+"""Engine benchmarks: enqueue cost, a rate-limited drain, and raw throughput.
+
+    .venv/bin/python bench/bench_engine.py [--only enqueue|drain|throughput]
+
+Runs against SQLite (a temp file) and the PostgreSQL server on 127.0.0.1:5432 (an
+isolated schema, dropped afterwards), with the demo upstream over loopback HTTP.
+Prints one line per figure; docs/benchmarks.md records a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import secrets
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from opsdash.config import Settings  # noqa: E402
+from opsdash.demo.server import DemoUpstream  # noqa: E402
+from opsdash.engine import coordinator  # noqa: E402
+from opsdash.engine.db import Database, connect, create_schema  # noqa: E402
+from opsdash.engine.models import Company  # noqa: E402
+from opsdash.engine.runtime import Engine  # noqa: E402
+
+PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@contextmanager
+def postgres_url() -> Iterator[str]:
+    schema = f"opsdash_bench_{secrets.token_hex(4)}"
+    with psycopg.connect(PG_DSN, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/test?options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(PG_DSN, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@contextmanager
+def sqlite_url() -> Iterator[str]:
+    with tempfile.TemporaryDirectory() as folder:
+        yield f"sqlite:///{folder}/bench.db"
+
+
+def backends() -> Iterator[tuple[str, contextmanager]]:
+    yield "sqlite", sqlite_url
+    yield "postgres", postgres_url
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def seed_companies(db: Database, count: int) -> None:
+    zones = ["America/New_York", "America/Los_Angeles", "UTC", "Pacific/Auckland"]
+    with db.session() as session:
+        for index in range(count):
+            session.add(
+                Company(
+                    id=uuid.uuid4(),
+                    service_company_id=str(10_000 + index),
+                    name=f"Company {index}",
+                    timezone=zones[index % len(zones)],
+                )
+            )
+        session.commit()
+
+
+def bench_enqueue(companies: int = 1000, repeats: int = 5) -> None:
+    print(f"\n== enqueue one sync run: {companies} companies, {companies * 7 + 1} jobs ==")
+    for name, make_url in backends():
+        first, again = [], []
+        for _ in range(repeats):
+            with make_url() as url:
+                db = connect(url)
+                create_schema(db)
+                seed_companies(db, companies)
+                run = coordinator.plan_and_enqueue(db, days_ahead=7)
+                repeat = coordinator.plan_and_enqueue(db, days_ahead=7)
+                assert run.queued == companies * 7 + 1, run
+                assert repeat.queued == 0, repeat
+                first.append(run.took_ms)
+                again.append(repeat.took_ms)
+                db.dispose()
+        print(
+            f"{name:9} first run: median {statistics.median(first):6.1f} ms "
+            f"(min {min(first):.1f}, max {max(first):.1f}); "
+            f"repeated run adds 0 jobs in median {statistics.median(again):6.1f} ms"
+        )
+
+
+def run_sync(url: str, upstream: DemoUpstream, data_dir: Path, **overrides: object) -> dict:
+    settings = Settings(
+        database_url=url,
+        data_dir=data_dir,
+        maidcentral_api_url=upstream.url,
+        maidcentral_api_key="bench-key",
+        poll_interval_s=0.5,
+        retry_base_s=1.0,
+        **overrides,  # type: ignore[arg-type]
+    )
+    engine = Engine(settings)
+    try:
+        upstream.reset_stats()
+        started = time.perf_counter()
+        engine.sync()
+        engine.start(scheduler=False)
+        engine.wait_idle(timeout_s=900, poll_s=0.05)
+        wall = time.perf_counter() - started
+        return {"wall_s": wall, "calls": engine.upstream.calls, "stats": upstream.stats()}
+    finally:
+        engine.stop()
+
+
+def bench_drain(companies: int = 100, latency_ms: float = 150.0, workers: int = 4) -> None:
+    rate = 100
+    print(
+        f"\n== drain a {companies}-company sync ({companies * 7} schedule jobs + 1 users job), "
+        f"upstream latency {latency_ms:g} ms, limit {rate}/min, {workers} workers, Postgres =="
+    )
+    with (
+        postgres_url() as url,
+        DemoUpstream(companies=companies, api_key="bench-key") as upstream,
+        tempfile.TemporaryDirectory() as folder,
+    ):
+        upstream.faults.latency_ms = latency_ms
+        result = run_sync(
+            url,
+            upstream,
+            Path(folder),
+            workers=workers,
+            upstream_rate_per_minute=rate,
+            upstream_rate_per_hour=1000,
+        )
+    calls = result["calls"]
+    # Lower bound on wall time: calls beyond the first minute's allowance wait for the
+    # window, and the workers can only have `workers` calls in flight at once.
+    rate_bound = 60.0 * ((calls - 1) // rate) + latency_ms / 1000
+    concurrency_bound = calls * latency_ms / 1000 / workers
+    bound = max(rate_bound, concurrency_bound)
+    print(f"upstream calls: {calls} (companies + 1 = {companies + 1})")
+    print(
+        f"wall: {result['wall_s']:.1f} s; bound from rate limit and workers: {bound:.1f} s; "
+        f"ratio {result['wall_s'] / bound:.2f} (target <= 1.5)"
+    )
+
+
+def bench_throughput(companies: int = 200, workers: int = 4) -> None:
+    jobs = companies * 7 + 1
+    print(f"\n== throughput: {jobs} jobs, upstream latency 0 ms, {workers} workers ==")
+    for name, make_url in backends():
+        with (
+            make_url() as url,
+            DemoUpstream(companies=companies, api_key="bench-key") as upstream,
+            tempfile.TemporaryDirectory() as folder,
+        ):
+            result = run_sync(
+                url,
+                upstream,
+                Path(folder),
+                workers=workers,
+                upstream_rate_per_minute=100_000,
+                upstream_rate_per_hour=1_000_000,
+            )
+        print(
+            f"{name:9} {jobs / result['wall_s']:7.1f} jobs/s ({jobs} jobs in "
+            f"{result['wall_s']:.1f} s, {result['calls']} upstream calls); "
+            f"peak RSS so far {peak_rss_mb():.0f} MB"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--only", choices=["enqueue", "drain", "throughput"])
+    args = parser.parse_args()
+    if args.only in (None, "enqueue"):
+        bench_enqueue()
+    if args.only in (None, "throughput"):
+        bench_throughput()
+    if args.only in (None, "drain"):
+        bench_drain()
+
+
+if __name__ == "__main__":
+    main()
