@@ -3,7 +3,8 @@
     .venv/bin/python bench/bench_engine.py [--only enqueue|drain|throughput]
 
 Runs against SQLite (a temp file) and the PostgreSQL server on 127.0.0.1:5432 (an
-isolated schema, dropped afterwards), with the demo upstream over loopback HTTP.
+isolated schema, dropped afterwards), with the demo upstream over loopback HTTP in a
+process of its own.
 Prints one line per figure; docs/benchmarks.md records a run.
 """
 
@@ -13,6 +14,7 @@ import argparse
 import resource
 import secrets
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -21,16 +23,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import psycopg
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from opsdash.config import Settings  # noqa: E402
-from opsdash.demo.server import DemoUpstream  # noqa: E402
-from opsdash.engine import coordinator  # noqa: E402
-from opsdash.engine.db import Database, connect, create_schema  # noqa: E402
-from opsdash.engine.models import Company  # noqa: E402
-from opsdash.engine.runtime import Engine  # noqa: E402
+from opsdash.config import Settings
+from opsdash.engine import coordinator
+from opsdash.engine.db import Database, connect, create_schema
+from opsdash.engine.models import Company
+from opsdash.engine.runtime import Engine
 
 PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -51,6 +51,47 @@ def postgres_url() -> Iterator[str]:
 def sqlite_url() -> Iterator[str]:
     with tempfile.TemporaryDirectory() as folder:
         yield f"sqlite:///{folder}/bench.db"
+
+
+class ExternalDemo:
+    """The demo upstream in its own process, so its CPU is not the engine's."""
+
+    def __init__(self, companies: int, latency_ms: float = 0.0) -> None:
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "opsdash",
+                "demo-upstream",
+                "--port",
+                "0",
+                "--companies",
+                str(companies),
+                "--api-key",
+                "bench-key",
+                "--latency-ms",
+                str(latency_ms),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        self.url = self.process.stdout.readline().strip()
+        assert self.url.startswith("http://"), self.url
+
+    def stats(self) -> dict:
+        return httpx.get(f"{self.url}/_demo/stats").json()
+
+    def reset_stats(self) -> None:
+        httpx.post(f"{self.url}/_demo/stats/reset")
+
+    def __enter__(self) -> ExternalDemo:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
 
 
 def backends() -> Iterator[tuple[str, contextmanager]]:
@@ -100,7 +141,7 @@ def bench_enqueue(companies: int = 1000, repeats: int = 5) -> None:
         )
 
 
-def run_sync(url: str, upstream: DemoUpstream, data_dir: Path, **overrides: object) -> dict:
+def run_sync(url: str, upstream: ExternalDemo, data_dir: Path, **overrides: object) -> dict:
     settings = Settings(
         database_url=url,
         data_dir=data_dir,
@@ -131,10 +172,9 @@ def bench_drain(companies: int = 100, latency_ms: float = 150.0, workers: int = 
     )
     with (
         postgres_url() as url,
-        DemoUpstream(companies=companies, api_key="bench-key") as upstream,
+        ExternalDemo(companies, latency_ms) as upstream,
         tempfile.TemporaryDirectory() as folder,
     ):
-        upstream.faults.latency_ms = latency_ms
         result = run_sync(
             url,
             upstream,
@@ -162,7 +202,7 @@ def bench_throughput(companies: int = 200, workers: int = 4) -> None:
     for name, make_url in backends():
         with (
             make_url() as url,
-            DemoUpstream(companies=companies, api_key="bench-key") as upstream,
+            ExternalDemo(companies) as upstream,
             tempfile.TemporaryDirectory() as folder,
         ):
             result = run_sync(

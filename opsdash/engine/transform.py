@@ -45,9 +45,15 @@ class TransformError(ValueError):
 # -- reading upstream records ---------------------------------------------------------------
 
 
+def _is_mapping(value: Any) -> bool:
+    # Parsed JSON is plain dicts; skip the slow ABC check for them.
+    return type(value) is dict or isinstance(value, Mapping)
+
+
 def _lookup(record: Mapping[str, Any], key: str) -> Any:
-    if key in record:
-        return record[key]
+    value = record.get(key, _MISSING)
+    if value is not _MISSING:
+        return value
     wanted = key.casefold()
     for candidate, value in record.items():
         if isinstance(candidate, str) and candidate.casefold() == wanted:
@@ -63,7 +69,7 @@ def read_key(record: Any, *path: str, default: Any = None) -> Any:
     """
     current = record
     for key in path:
-        if not isinstance(current, Mapping):
+        if not _is_mapping(current):
             return default
         current = _lookup(current, key)
         if current is _MISSING or current is None:
@@ -92,7 +98,7 @@ def _items(value: Any) -> list[Mapping[str, Any]]:
     """The mapping entries of an upstream list; null or a non-list reads as empty."""
     if not isinstance(value, list):
         return []
-    return [item for item in value if isinstance(item, Mapping)]
+    return [item for item in value if _is_mapping(item)]
 
 
 def _natural_key(identifier: str) -> tuple[int, int, str]:
