@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from datetime import UTC, date, datetime
 
 import orjson
+import psycopg
 import pytest
 from sqlalchemy import select
 
@@ -183,3 +185,59 @@ def test_sync_run_queues_users_plus_seven_days_per_enabled_company(engine: Engin
     assert run.planned == 1 + 2 * DAYS
     assert run.queued == run.planned
     assert coordinator.plan_and_enqueue(engine.db, days_ahead=DAYS).queued == 0
+
+
+def test_clean_shutdown_releases_running_jobs(engine: Engine, demo_upstream) -> None:
+    engine.sync()
+    engine.start(scheduler=False)
+    assert engine.wait_idle(timeout_s=60)
+    demo_upstream.faults.latency_ms = 1500
+    engine.sync()
+    deadline = time.monotonic() + 10
+    while not any(job.status == JobStatus.RUNNING for job in jobs(engine)):
+        assert time.monotonic() < deadline, "no job started"
+        time.sleep(0.05)
+    engine.pool.stop(timeout_s=0.1)  # does not wait for the slow upstream call
+    engine.pool = None
+    states = {job.status for job in jobs(engine)}
+    assert JobStatus.RUNNING not in states
+    released = [job for job in jobs(engine) if job.status == JobStatus.PENDING]
+    assert released and all(job.attempts == 0 and job.locked_by is None for job in released)
+
+
+@pytest.mark.postgres
+def test_sync_survives_the_database_dropping_every_connection(
+    pg_url: str, tmp_path, demo_upstream
+) -> None:
+    from sqlalchemy import text
+
+    from tests.conftest import engine_settings
+
+    demo_upstream.faults.latency_ms = 200
+    app_name = f"opsdash_drop_{tmp_path.name}"[:60]
+    url = f"{pg_url}&application_name={app_name}"
+    running = Engine(engine_settings(url, tmp_path / "data", demo_upstream.url))
+    try:
+        running.sync()
+        running.start(scheduler=False)
+        deadline = time.monotonic() + 10
+        while not any(job.status == JobStatus.COMPLETED for job in jobs(running)):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        # Only this engine's connections: other test runs may share the server.
+        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", autocommit=True) as c:
+            killed = c.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = %s",
+                (app_name,),
+            ).fetchall()
+        assert killed
+        assert running.wait_idle(timeout_s=60)
+        with running.db.read() as conn:
+            statuses = set(
+                conn.execute(text("SELECT DISTINCT status FROM background_jobs")).scalars()
+            )
+        assert statuses == {"completed"}
+        assert len(stored_rows(running)) == 3 * DAYS
+    finally:
+        running.stop()
