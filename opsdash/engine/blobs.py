@@ -10,10 +10,15 @@ import hashlib
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
+from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from storage3.exceptions import StorageApiError
 
 SERVICE_COMPANY_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -134,76 +139,165 @@ class LocalBlobStore:
 
 
 class SupabaseBlobStore:
-    """Supabase Storage through storage3; the bucket is private."""
+    """Supabase Storage through storage3; the bucket is private.
 
-    def __init__(self, url: str, service_role_key: str, bucket: str = "schedule-data") -> None:
+    The storage API answers most errors as HTTP 400 with the real status as a string in the
+    body; storage3 raises ``StorageApiError`` with that string as ``status`` and the body's
+    ``error`` field as ``code``. :meth:`_translate` maps them onto the exceptions
+    :class:`LocalBlobStore` raises: :class:`BlobNotFound` for a missing object,
+    :class:`BlobStoreUnavailable` for whatever makes the store unusable (unreachable, 5xx,
+    429, a rejected key, a missing bucket), with a message that names the cause.
+
+    A wrong key can look like a missing object: ``GET /object/{bucket}/{path}``, the route
+    ``download()`` uses, answers a rejected token as "Bucket not found", and row-level
+    security hides a private bucket's objects from any key but the service role key, so
+    they read as missing and folders as empty. Every "nothing there" answer is therefore
+    believed only after :meth:`ping` (an authenticated bucket lookup) has passed.
+
+    Listing matches prefixes case-insensitively (and storage API 1.x treats ``_`` as a LIKE
+    wildcard), so company ids differing only in case or at an ``_`` would share listings.
+    """
+
+    LEAF = "schedule.json"
+
+    def __init__(
+        self,
+        url: str,
+        service_role_key: str,
+        bucket: str = "schedule-data",
+        *,
+        list_page_size: int = 1000,
+    ) -> None:
         from storage3 import SyncStorageClient
 
         self.bucket = bucket
         self._url = url.rstrip("/")
+        self._list_page_size = list_page_size
         headers = {"apikey": service_role_key, "Authorization": f"Bearer {service_role_key}"}
-        self._client = SyncStorageClient(f"{self._url}/storage/v1", headers)
+        # storage3 joins routes onto this URL; without the trailing slash it warns on every start.
+        self._client = SyncStorageClient(f"{self._url}/storage/v1/", headers)
 
     @property
     def description(self) -> str:
         return f"Supabase Storage bucket {self.bucket} at {self._url}"
 
+    def close(self) -> None:
+        """Close the pooled connections to the storage API."""
+        self._client.session.close()
+
     def _bucket(self) -> Any:
         return self._client.from_(self.bucket)
 
     def put(self, path: str, body: bytes) -> None:
-        options = {"content-type": CONTENT_TYPE, "upsert": "true", "cache-control": "no-cache"}
-        self._call(lambda: self._bucket().upload(path, body, options))
+        key = self._object_key(path)
+        # The API stores a multipart upload's cacheControl as "max-age=<value>" and only an
+        # empty value as "no-cache"; sending "no-cache" would store "max-age=no-cache".
+        options = {"content-type": CONTENT_TYPE, "cache-control": "", "upsert": "true"}
+        self._call(lambda: self._bucket().upload(key, body, options))
 
     def get(self, path: str) -> bytes:
-        return self._call(lambda: self._bucket().download(path), missing_path=path)
+        key = self._object_key(path)
+        try:
+            return self._call(lambda: self._bucket().download(key), missing_path=path)
+        except BlobNotFound:
+            self.ping()  # a rejected or non-service key also reads as "not found" here
+            raise
 
     def delete(self, path: str) -> None:
-        self._call(lambda: self._bucket().remove([path]))
+        key = self._object_key(path)
+        removed = self._call(lambda: self._bucket().remove([key]))
+        if not removed:
+            self.ping()  # nothing removed is also what a key without access gets
 
     def list(self, prefix: str = "") -> list[BlobInfo]:
         # Storage lists one folder level at a time: company/ → date/ → schedule.json.
+        top = prefix.strip("/")
         found: list[BlobInfo] = []
-        pending = [prefix.rstrip("/")]
-        while pending:
-            folder = pending.pop()
-            entries = self._call(lambda f=folder: self._bucket().list(f, {"limit": 1000}))
-            for entry in entries:
+        folders = [self._object_key(top) if top else ""]
+        while folders:
+            folder = folders.pop()
+            for entry in self._folder_entries(folder):
                 child = f"{folder}/{entry['name']}" if folder else entry["name"]
                 if entry.get("id") is None:
-                    pending.append(child)
-                elif entry["name"].endswith(".json"):
+                    folders.append(child)
+                elif entry["name"] == self.LEAF:
                     size = (entry.get("metadata") or {}).get("size", 0)
                     found.append(BlobInfo(child, int(size)))
+        if not found:
+            self.ping()  # an empty listing is also what a key without access gets
         return sorted(found, key=lambda info: info.path)
+
+    @staticmethod
+    def _object_key(path: str) -> str:
+        """``path`` as an object key; empty and dot segments never reach the storage API."""
+        if not path or any(part in {"", ".", ".."} for part in path.split("/")):
+            raise InvalidBlobPath(f"invalid object path {path!r}")
+        return path
+
+    def _folder_entries(self, folder: str) -> list[dict[str, Any]]:
+        """One folder level, page by page: each answer holds at most ``limit`` entries."""
+        entries: list[dict[str, Any]] = []
+        while True:
+            options = {"limit": self._list_page_size, "offset": len(entries)}
+            page = self._call(partial(self._bucket().list, folder, options))
+            entries.extend(page)
+            if len(page) < self._list_page_size:
+                return entries
 
     def ping(self) -> None:
         self._call(lambda: self._client.get_bucket(self.bucket))
 
     def ensure_bucket(self) -> None:
-        """Create the private bucket if it does not exist yet."""
+        """Create the private bucket if it does not exist yet; refuse an existing public one."""
         from storage3.exceptions import StorageApiError
 
         try:
-            self._client.create_bucket(self.bucket, options={"public": False})
+            self._call(lambda: self._client.create_bucket(self.bucket, options={"public": False}))
         except StorageApiError as error:
-            if str(getattr(error, "status", "")) != "409":
+            if str(error.status) != "409":
                 raise
+            self._refuse_public_bucket()
 
-    def _call(self, operation: Any, *, missing_path: str | None = None) -> Any:
+    def _refuse_public_bucket(self) -> None:
+        # Schedule documents hold customer addresses, phone numbers and access codes.
+        existing = self._call(lambda: self._client.get_bucket(self.bucket))
+        if existing.public:
+            raise BlobStoreUnavailable(
+                f"bucket {self.bucket!r} is public, so anyone could read the schedules in it: "
+                "make it private in Supabase Storage"
+            )
+
+    def _call(self, operation: Callable[[], Any], *, missing_path: str | None = None) -> Any:
         import httpx
         from storage3.exceptions import StorageApiError
 
         try:
             return operation()
         except StorageApiError as error:
-            # The storage API reports most errors as HTTP 400 with the real status
-            # as a string in the body.
-            status = str(getattr(error, "status", ""))
-            if missing_path is not None and status == "404":
-                raise BlobNotFound(missing_path) from None
-            if status.startswith("5"):
-                raise BlobStoreUnavailable(f"storage error {status}: {error}") from error
-            raise
+            translated = self._translate(error, missing_path)
+            if translated is error:
+                raise
+            raise translated from error
         except httpx.TransportError as error:
-            raise BlobStoreUnavailable(f"storage unreachable: {error}") from error
+            raise BlobStoreUnavailable(
+                f"Supabase Storage at {self._url} is unreachable: {error!r}"
+            ) from error
+
+    def _translate(self, error: StorageApiError, missing_path: str | None) -> Exception:
+        """The store's exception for a storage API error; unexpected ones pass through."""
+        status = str(error.status)
+        if status == "404" and missing_path is not None:
+            return BlobNotFound(missing_path)
+        if status == "404":
+            return BlobStoreUnavailable(
+                f"bucket {self.bucket!r} not found ({error.message}): it does not exist, or the "
+                "key is not the service role key (row-level security hides it from other keys)"
+            )
+        if status in {"401", "403"}:
+            return BlobStoreUnavailable(
+                f"Supabase Storage refused the key ({error.message}): "
+                "SUPABASE_SERVICE_ROLE_KEY must be the project's service role key"
+            )
+        if status.startswith("5") or status == "429":
+            return BlobStoreUnavailable(f"Supabase Storage answered {status}: {error.message}")
+        return error

@@ -1,0 +1,701 @@
+"""A stand-in for Supabase Storage that answers the way the real server does.
+
+It serves the routes storage3 2.34 calls for buckets and objects under ``/storage/v1`` on a
+real loopback port (the standard library's ``ThreadingHTTPServer`` in a background thread),
+with the storage API's habits that a client must survive (see DESIGN.md, "Supabase Storage,
+as the real server answers"), checked against supabase/storage's source:
+
+- errors are rendered as ``{"statusCode": "<status>", "error", "message", "code"}`` with
+  HTTP 400 for every status but 500 (so a 503 from storage itself is HTTP 400 too);
+- routes behind the JWT check answer a bad token with 403 ``AccessDenied``, while
+  ``GET /object/{bucket}/{path}`` accepts any token and, for a private bucket, answers an
+  unauthenticated caller as if the bucket did not exist (``NoSuchBucket``);
+- a valid token whose role is not ``service_role`` meets row-level security with no
+  policies: private buckets and their objects are invisible, inserts are refused;
+- a multipart upload's ``cacheControl`` field is stored as ``max-age=<value>``, or
+  ``no-cache`` when empty;
+- listing is the storage API 1.x ``storage.search``: a prefix is a folder, matched with
+  ``ILIKE`` (case-insensitive, ``_`` and ``%`` are wildcards), one level at a time.
+
+``faults`` makes it fail the way an unreachable or overloaded storage does. Not imitated: the
+API gateway's own ``apikey`` check, signed URLs, image transforms, TUS and S3 routes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.parser
+import email.policy
+import hashlib
+import re
+import socket
+import socketserver
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import unquote, urlsplit
+
+import jwt
+import orjson
+
+API_PREFIX = "/storage/v1/"
+SERVICE_ROLE = "service_role"
+_BEARER = re.compile(r"^Bearer\s+", re.IGNORECASE)
+
+
+# --- the storage API's error answers -------------------------------------------------------
+
+
+class StorageError(Exception):
+    """An error as the storage API renders it (``StorageBackendError.render()``)."""
+
+    def __init__(
+        self, status: int, error: str, code: str, message: str, *, http_status: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error = error
+        self.code = code
+        self.message = message
+        # The API's error handler: 500 stays 500, every other status goes out as HTTP 400.
+        self.http_status = http_status or (500 if status == 500 else 400)
+
+    def body(self) -> dict[str, str]:
+        return {
+            "statusCode": str(self.status),
+            "error": self.error,
+            "message": self.message,
+            "code": self.code,
+        }
+
+
+def no_such_key() -> StorageError:
+    return StorageError(404, "not_found", "NoSuchKey", "Object not found")
+
+
+def no_such_bucket() -> StorageError:
+    return StorageError(404, "Bucket not found", "NoSuchBucket", "Bucket not found")
+
+
+def key_already_exists() -> StorageError:
+    return StorageError(409, "Duplicate", "KeyAlreadyExists", "The resource already exists")
+
+
+def bucket_already_exists() -> StorageError:
+    return StorageError(409, "Duplicate", "BucketAlreadyExists", "The resource already exists")
+
+
+def access_denied(message: str) -> StorageError:
+    return StorageError(403, "Unauthorized", "AccessDenied", message)
+
+
+def row_level_security_refused(table: str) -> StorageError:
+    return access_denied(f'new row violates row-level security policy for table "{table}"')
+
+
+def rendered_status(status: int) -> StorageError:
+    """What storage itself answers when it fails with ``status`` (database down, …)."""
+    if status == 500:
+        return StorageError(500, "internal", "InternalError", "Internal server error")
+    if status == 429:  # the one error the handler sends with its own HTTP status
+        message = "Too many connections issued to the database"
+        return StorageError(429, "too_many_connections", "SlowDown", message, http_status=429)
+    message = "The database has reached its maximum number of connections. Please try again later."
+    return StorageError(status, "DatabaseConnectionLimit", "DatabaseConnectionLimit", message)
+
+
+# --- state ----------------------------------------------------------------------------------
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class StoredObject:
+    id: str
+    body: bytes
+    mimetype: str
+    cache_control: str
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def etag(self) -> str:
+        return f'"{hashlib.md5(self.body).hexdigest()}"'  # S3's ETag for a single-part upload
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "eTag": self.etag,
+            "size": len(self.body),
+            "mimetype": self.mimetype,
+            "cacheControl": self.cache_control,
+            "lastModified": _iso(self.updated_at),
+            "contentLength": len(self.body),
+            "httpStatusCode": 200,
+        }
+
+    def row(self, bucket_id: str, name: str) -> dict[str, Any]:
+        """The ``storage.objects`` row, as bulk delete returns it."""
+        return {
+            "bucket_id": bucket_id,
+            "name": name,
+            "owner": None,
+            "owner_id": None,
+            "version": None,
+            "id": self.id,
+            "updated_at": _iso(self.updated_at),
+            "created_at": _iso(self.created_at),
+            "last_accessed_at": _iso(self.updated_at),
+            "metadata": self.metadata(),
+        }
+
+
+@dataclass
+class Bucket:
+    id: str
+    public: bool
+    created_at: datetime = field(default_factory=_now)
+    objects: dict[str, StoredObject] = field(default_factory=dict)
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.id,
+            "owner": "",
+            "public": self.public,
+            "file_size_limit": None,
+            "allowed_mime_types": None,
+            "created_at": _iso(self.created_at),
+            "updated_at": _iso(self.created_at),
+        }
+
+
+@dataclass(frozen=True)
+class Caller:
+    authenticated: bool
+    role: str
+
+    @property
+    def bypasses_row_level_security(self) -> bool:
+        return self.authenticated and self.role == SERVICE_ROLE
+
+
+ANONYMOUS = Caller(authenticated=False, role="anon")
+
+
+@dataclass
+class StorageFaults:
+    """What goes wrong with every request while set; tests flip these on a running server."""
+
+    gateway_status: int | None = None  # the API gateway answers this, storage never sees it
+    storage_status: int | None = None  # storage itself fails with this status (rendered)
+    drop_connections: bool = False  # the connection closes without an answer
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str  # after /storage/v1/, percent-decoded per segment
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        try:
+            return orjson.loads(self.body or b"{}")
+        except orjson.JSONDecodeError:
+            raise StorageError(400, "Bad Request", "InvalidRequest", "invalid JSON body") from None
+
+
+@dataclass
+class Reply:
+    status: int
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def json(cls, value: Any, status: int = 200) -> Reply:
+        return cls(status, orjson.dumps(value), {"Content-Type": "application/json; charset=utf-8"})
+
+
+# --- listing: storage.search ---------------------------------------------------------------
+
+
+def ilike(pattern: str) -> re.Pattern[str]:
+    """Postgres ``ILIKE``: ``%`` any run, ``_`` any one character, ``\\`` escapes."""
+    parts: list[str] = []
+    characters = iter(pattern)
+    for character in characters:
+        if character == "\\":
+            parts.append(re.escape(next(characters, "\\")))
+        elif character == "%":
+            parts.append(".*")
+        elif character == "_":
+            parts.append(".")
+        else:
+            parts.append(re.escape(character))
+    return re.compile("".join(parts), re.IGNORECASE | re.DOTALL)
+
+
+def search(bucket: Bucket, body: dict[str, Any]) -> list[dict[str, Any]]:
+    """``POST /object/list/{bucket}``: folders first, then the objects of that level."""
+    prefix = body.get("prefix") or ""
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"  # "assuming prefix is always a folder"
+    levels = len(prefix.split("/"))
+    matcher = ilike(prefix + (body.get("search") or "") + "%")
+    sort_by = body.get("sortBy") or {}
+    descending = str(sort_by.get("order", "asc")).lower() == "desc"
+    folders: set[str] = set()
+    files: list[tuple[str, StoredObject]] = []
+    for name, stored in bucket.objects.items():
+        if not matcher.fullmatch(name):
+            continue
+        tokens = name.split("/")
+        if len(tokens) == levels:
+            files.append((tokens[levels - 1], stored))
+        elif len(tokens) > levels:
+            folders.add(tokens[levels - 1])
+    files.sort(key=_file_sort_key(str(sort_by.get("column", "name"))), reverse=descending)
+    entries = [_folder_entry(name) for name in sorted(folders, reverse=descending)]
+    entries += [_file_entry(name, stored) for name, stored in files]
+    offset, limit = int(body.get("offset") or 0), int(body.get("limit") or 100)
+    return entries[offset : offset + limit]
+
+
+def _file_sort_key(column: str) -> Any:
+    if column in {"created_at", "updated_at", "last_accessed_at"}:
+        return lambda item: (getattr(item[1], column, item[1].updated_at), item[0])
+    return lambda item: item[0]
+
+
+def _folder_entry(name: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "id": None,
+        "updated_at": None,
+        "created_at": None,
+        "last_accessed_at": None,
+        "metadata": None,
+    }
+
+
+def _file_entry(name: str, stored: StoredObject) -> dict[str, Any]:
+    return {
+        "name": name,
+        "id": stored.id,
+        "updated_at": _iso(stored.updated_at),
+        "created_at": _iso(stored.created_at),
+        "last_accessed_at": _iso(stored.updated_at),
+        "metadata": stored.metadata(),
+    }
+
+
+# --- uploads --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Upload:
+    content: bytes
+    mimetype: str
+    cache_control: str
+
+
+def parse_upload(request: Request) -> Upload:
+    """A multipart form (storage3) or a raw body, read as the storage API reads them."""
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith("multipart/form-data"):
+        mimetype = content_type or "application/octet-stream"
+        return Upload(request.body, mimetype, request.headers.get("cache-control", "no-cache"))
+    head = f"Content-Type: {content_type}\r\n\r\n".encode()
+    form = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + request.body)
+    fields: dict[str, str] = {}
+    file_part = None
+    for part in form.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if part.get_filename() is not None:
+            file_part = part
+        elif isinstance(name, str):
+            fields[name] = (part.get_payload(decode=True) or b"").decode()
+    if file_part is None:
+        raise StorageError(400, "InvalidRequest", "InvalidRequest", "No content provided")
+    cache_time = fields.get("cacheControl")
+    return Upload(
+        file_part.get_payload(decode=True) or b"",
+        fields.get("contentType") or file_part.get_content_type(),
+        f"max-age={cache_time}" if cache_time else "no-cache",
+    )
+
+
+# --- the server -----------------------------------------------------------------------------
+
+
+class SupabaseStorageStandIn:
+    """Supabase Storage's bucket and object routes over real HTTP.
+
+    >>> with SupabaseStorageStandIn("jwt-secret-" * 4) as storage:
+    ...     storage.url.startswith("http://127.0.0.1:")
+    True
+    """
+
+    def __init__(self, jwt_secret: str) -> None:
+        self.jwt_secret = jwt_secret
+        self.faults = StorageFaults()
+        self.buckets: dict[str, Bucket] = {}
+        self._lock = threading.Lock()
+        self._httpd: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- keys ------------------------------------------------------------------------------
+
+    def mint_key(self, role: str = SERVICE_ROLE, *, secret: str | None = None) -> str:
+        """A project API key: an HS256 JWT like the ones Supabase issues."""
+        claims = {"iss": "supabase", "role": role, "iat": int(time.time())}
+        claims["exp"] = claims["iat"] + 10 * 365 * 24 * 3600
+        return jwt.encode(claims, secret or self.jwt_secret, algorithm="HS256")
+
+    @property
+    def service_role_key(self) -> str:
+        return self.mint_key(SERVICE_ROLE)
+
+    def _caller(self, request: Request, *, allow_invalid_jwt: bool = False) -> Caller:
+        """The storage API's JWT plugin (``allowInvalidJwt`` lets a bad token through as anon)."""
+        token = _BEARER.sub("", request.headers.get("authorization", ""))
+        if not token and allow_invalid_jwt:
+            return ANONYMOUS
+        try:
+            claims = self._verify(token)
+        except StorageError:
+            if allow_invalid_jwt:
+                return ANONYMOUS
+            raise
+        return Caller(authenticated=True, role=str(claims.get("role", "anon")))
+
+    def _verify(self, token: str) -> dict[str, Any]:
+        # The messages are jose's, which the storage API passes on.
+        if token.count(".") != 2:
+            raise access_denied("Invalid Compact JWS")
+        try:
+            return jwt.decode(
+                token, self.jwt_secret, algorithms=["HS256"], options={"verify_aud": False}
+            )
+        except jwt.InvalidSignatureError:
+            raise access_denied("signature verification failed") from None
+        except jwt.ExpiredSignatureError:
+            raise access_denied('"exp" claim timestamp check failed') from None
+        except jwt.PyJWTError:
+            raise access_denied("Invalid Compact JWS") from None
+
+    # -- state for tests -------------------------------------------------------------------
+
+    def create_bucket(self, bucket_id: str, *, public: bool = False) -> None:
+        with self._lock:
+            self.buckets[bucket_id] = Bucket(bucket_id, public)
+
+    def put_object(self, bucket_id: str, name: str, body: bytes) -> None:
+        """Seed an object directly, as another client (or the dashboard) would have."""
+        with self._lock:
+            now = _now()
+            stored = StoredObject(str(uuid.uuid4()), body, "text/plain", "no-cache", now, now)
+            self.buckets[bucket_id].objects[name] = stored
+
+    def stored(self, bucket_id: str) -> dict[str, bytes]:
+        """Every object's bytes by name (empty when the bucket does not exist)."""
+        with self._lock:
+            bucket = self.buckets.get(bucket_id)
+            return {name: obj.body for name, obj in bucket.objects.items()} if bucket else {}
+
+    def object(self, bucket_id: str, name: str) -> StoredObject | None:
+        with self._lock:
+            bucket = self.buckets.get(bucket_id)
+            return bucket.objects.get(name) if bucket else None
+
+    # -- routing ---------------------------------------------------------------------------
+
+    def handle(self, request: Request) -> Reply | None:
+        """The reply to one request; ``None`` drops the connection unanswered."""
+        if self.faults.drop_connections:
+            return None
+        if self.faults.gateway_status is not None:
+            return Reply.json({"message": "upstream unavailable"}, self.faults.gateway_status)
+        try:
+            if self.faults.storage_status is not None:
+                raise rendered_status(self.faults.storage_status)
+            with self._lock:
+                return self._route(request)
+        except StorageError as error:
+            return Reply.json(error.body(), error.http_status)
+
+    def _route(self, request: Request) -> Reply:
+        method, parts = request.method, request.path.split("/")
+        if parts[0] == "bucket":
+            if method == "POST" and len(parts) == 1:
+                return self._create_bucket(request)
+            if method == "GET" and len(parts) == 2:
+                return self._get_bucket(request, parts[1])
+        if parts[0] == "object" and len(parts) >= 2:
+            return self._route_object(request, parts[1:])
+        return _route_not_found(request)
+
+    def _route_object(self, request: Request, parts: list[str]) -> Reply:
+        method = request.method
+        if method == "POST" and parts[0] == "list" and len(parts) == 2:
+            return self._list(request, parts[1])
+        if method == "GET" and parts[0] == "authenticated" and len(parts) >= 3:
+            caller = self._caller(request)
+            return self._download(caller, parts[1], "/".join(parts[2:]))
+        if method == "DELETE" and len(parts) == 1:
+            return self._delete_many(request, parts[0])
+        if len(parts) < 2:
+            return _route_not_found(request)
+        bucket_id, name = parts[0], "/".join(parts[1:])
+        if method == "GET":
+            caller = self._caller(request, allow_invalid_jwt=True)
+            return self._download(caller, bucket_id, name)
+        if method in {"POST", "PUT"}:
+            upsert = method == "PUT" or request.headers.get("x-upsert") == "true"
+            return self._upload(request, bucket_id, name, upsert=upsert)
+        if method == "DELETE":
+            return self._delete_one(request, bucket_id, name)
+        return _route_not_found(request)
+
+    # -- buckets ---------------------------------------------------------------------------
+
+    def _create_bucket(self, request: Request) -> Reply:
+        caller = self._caller(request)
+        body = request.json()
+        bucket_id = str(body.get("id") or body.get("name") or "")
+        if not caller.bypasses_row_level_security:
+            raise row_level_security_refused("buckets")
+        if bucket_id in self.buckets:
+            raise bucket_already_exists()
+        self.buckets[bucket_id] = Bucket(bucket_id, bool(body.get("public", False)))
+        return Reply.json({"name": bucket_id})
+
+    def _get_bucket(self, request: Request, bucket_id: str) -> Reply:
+        caller = self._caller(request)
+        bucket = self.buckets.get(bucket_id)
+        if bucket is None or not caller.bypasses_row_level_security:
+            raise no_such_bucket()
+        return Reply.json(bucket.row())
+
+    # -- objects ---------------------------------------------------------------------------
+
+    def _visible_object(self, caller: Caller, bucket: Bucket, name: str) -> StoredObject:
+        stored = bucket.objects.get(name)
+        if stored is None or not (bucket.public or caller.bypasses_row_level_security):
+            raise no_such_key()
+        return stored
+
+    def _download(self, caller: Caller, bucket_id: str, name: str) -> Reply:
+        bucket = self.buckets.get(bucket_id)
+        if bucket is None or not (caller.authenticated or bucket.public):
+            raise no_such_bucket()
+        stored = self._visible_object(caller, bucket, name)
+        headers = {
+            "Content-Type": stored.mimetype,
+            "Cache-Control": stored.cache_control,
+            "ETag": stored.etag,
+            "Last-Modified": format_datetime(stored.updated_at, usegmt=True),
+        }
+        return Reply(200, stored.body, headers)
+
+    def _upload(self, request: Request, bucket_id: str, name: str, *, upsert: bool) -> Reply:
+        caller = self._caller(request)
+        bucket = self.buckets.get(bucket_id)
+        if bucket is None:
+            raise no_such_bucket()
+        if not caller.bypasses_row_level_security:
+            raise row_level_security_refused("objects")
+        existing = bucket.objects.get(name)
+        if existing is not None and not upsert:
+            raise key_already_exists()
+        upload = parse_upload(request)
+        now = _now()
+        bucket.objects[name] = StoredObject(
+            id=existing.id if existing else str(uuid.uuid4()),
+            body=upload.content,
+            mimetype=upload.mimetype,
+            cache_control=upload.cache_control,
+            created_at=existing.created_at if existing else now,
+            updated_at=now,
+        )
+        return Reply.json({"Key": f"{bucket_id}/{name}", "Id": bucket.objects[name].id})
+
+    def _list(self, request: Request, bucket_id: str) -> Reply:
+        caller = self._caller(request)
+        body = request.json()
+        bucket = self.buckets.get(bucket_id)
+        if bucket is None or not (bucket.public or caller.bypasses_row_level_security):
+            return Reply.json([])  # no rows match: an unknown or hidden bucket lists as empty
+        return Reply.json(search(bucket, body))
+
+    def _delete_one(self, request: Request, bucket_id: str, name: str) -> Reply:
+        caller = self._caller(request)
+        bucket = self.buckets.get(bucket_id)
+        if bucket is None:
+            raise no_such_key()
+        self._visible_object(caller, bucket, name)
+        del bucket.objects[name]
+        return Reply.json({"message": "Successfully deleted"})
+
+    def _delete_many(self, request: Request, bucket_id: str) -> Reply:
+        caller = self._caller(request)
+        prefixes = request.json().get("prefixes")
+        if not isinstance(prefixes, list) or not prefixes:
+            message = "body/prefixes must NOT have fewer than 1 items"
+            raise StorageError(400, "Bad Request", "InvalidRequest", message)
+        bucket = self.buckets.get(bucket_id)
+        if bucket is None or not caller.bypasses_row_level_security:
+            return Reply.json([])
+        deleted = []
+        for name in dict.fromkeys(str(prefix) for prefix in prefixes):
+            stored = bucket.objects.pop(name, None)
+            if stored is not None:
+                deleted.append(stored.row(bucket_id, name))
+        return Reply.json(deleted)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> str:
+        """Listen on a free loopback port and serve in a daemon thread."""
+        if self._httpd is not None:
+            raise RuntimeError("the storage stand-in is already running")
+        self._httpd = _Server(("127.0.0.1", 0), self.handle)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"supabase-storage:{self._httpd.server_address[1]}",
+            daemon=True,
+        )
+        self._thread.start()
+        return self.url
+
+    def stop(self) -> None:
+        """Stop serving and cut open connections, so clients see a server that is gone."""
+        httpd, thread = self._httpd, self._thread
+        if httpd is None:
+            return
+        httpd.shutdown()
+        httpd.close_connections()
+        httpd.server_close()
+        if thread is not None:
+            thread.join()
+        self._httpd = None
+        self._thread = None
+
+    @property
+    def url(self) -> str:
+        """The project URL (``SUPABASE_URL``); storage lives under ``/storage/v1``."""
+        if self._httpd is None:
+            raise RuntimeError("the storage stand-in is not running")
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _route_not_found(request: Request) -> Reply:
+    # Fastify's own 404, which does not go through the storage error renderer.
+    message = f"Route {request.method}:/storage/v1/{request.path} not found"
+    return Reply.json({"message": message, "error": "Not Found", "statusCode": 404}, 404)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as httpx expects; every reply has a length
+    disable_nagle_algorithm = True  # headers and body are two writes; don't wait on ACKs
+    server: _Server
+
+    def do_GET(self) -> None:
+        self._dispatch()
+
+    def do_POST(self) -> None:
+        self._dispatch()
+
+    def do_PUT(self) -> None:
+        self._dispatch()
+
+    def do_DELETE(self) -> None:
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length > 0 else b""
+        path = urlsplit(self.path).path
+        if not path.startswith(API_PREFIX):
+            reply: Reply | None = Reply.json({"message": "no Route matched"}, 404)
+        else:
+            segments = [unquote(part) for part in path.removeprefix(API_PREFIX).split("/")]
+            headers = {name.lower(): value for name, value in self.headers.items()}
+            request = Request(self.command, "/".join(segments), headers, body)
+            reply = self.server.app(request)
+        if reply is None:
+            self.close_connection = True
+            return
+        self.send_response(reply.status)
+        for name, value in reply.headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(reply.body)))
+        self.end_headers()
+        self.wfile.write(reply.body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # tests read outcomes, not access logs
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], app: Any) -> None:
+        self.app = app
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind does a reverse DNS lookup (getfqdn) that can stall; skip it.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = "127.0.0.1", int(self.server_address[1])
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._connections_lock:
+            self._connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._connections_lock:
+            self._connections.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        """Cut keep-alive connections, or a pooled client would still reach a stopped server."""
+        with self._connections_lock:
+            connections = list(self._connections)
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], OSError):
+            return  # a client hanging up mid-reply is normal here
+        super().handle_error(request, client_address)

@@ -1,0 +1,398 @@
+"""SupabaseBlobStore against a stand-in that answers like Supabase Storage (storage API 1.11).
+
+The first tests pin the stand-in to DESIGN.md's description of the real server, so the store
+tests after them prove something about the real thing. What the store raises when a key is
+wrong: the download route answers a rejected token as "Bucket not found" and row-level
+security makes objects of a private bucket look missing to a non-service key, so the store
+believes a "nothing there" only after an authenticated bucket lookup; a wrong key always
+ends in BlobStoreUnavailable naming the service role key, never in BlobNotFound.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from opsdash.demo.server import DemoUpstream
+from opsdash.engine.blobs import (
+    BlobInfo,
+    BlobNotFound,
+    BlobStoreUnavailable,
+    InvalidBlobPath,
+    LocalBlobStore,
+    SupabaseBlobStore,
+    schedule_path,
+)
+from opsdash.engine.models import BackgroundJob, JobStatus, ScheduleData
+from opsdash.engine.runtime import Engine
+from tests.conftest import engine_settings
+from tests.supabase_storage_server import SupabaseStorageStandIn
+
+JWT_SECRET = "stand-in-project-jwt-secret-with-32-bytes-or-more"
+BUCKET = "schedule-data"
+PATH = schedule_path("1001", "2026-12-01")
+DOCUMENT = b'{"jobs": []}'
+
+StoreFactory = Callable[..., SupabaseBlobStore]
+
+
+@pytest.fixture
+def storage() -> Iterator[SupabaseStorageStandIn]:
+    with SupabaseStorageStandIn(JWT_SECRET) as standin:
+        yield standin
+
+
+@pytest.fixture
+def make_store(storage: SupabaseStorageStandIn) -> Iterator[StoreFactory]:
+    stores: list[SupabaseBlobStore] = []
+
+    def make(key: str | None = None, **options: int) -> SupabaseBlobStore:
+        store = SupabaseBlobStore(storage.url, key or storage.service_role_key, **options)
+        stores.append(store)
+        return store
+
+    yield make
+    for store in stores:
+        store.close()
+
+
+@pytest.fixture
+def store(make_store: StoreFactory) -> SupabaseBlobStore:
+    ready = make_store()
+    ready.ensure_bucket()
+    return ready
+
+
+def call_api(
+    storage: SupabaseStorageStandIn, method: str, route: str, key: str | None = None, **request: Any
+) -> httpx.Response:
+    token = storage.service_role_key if key is None else key
+    headers = {"Authorization": f"Bearer {token}", **request.pop("headers", {})}
+    url = f"{storage.url}/storage/v1/{route}"
+    return httpx.request(method, url, headers=headers, timeout=5, **request)
+
+
+def upload(storage: SupabaseStorageStandIn, name: str, *, upsert: bool = False) -> httpx.Response:
+    files = {"file": ("schedule.json", DOCUMENT, "application/json")}
+    headers = {"x-upsert": "true"} if upsert else {}
+    return call_api(storage, "POST", f"object/{BUCKET}/{name}", files=files, headers=headers)
+
+
+# --- the stand-in answers as DESIGN.md says the real server does --------------------------
+
+
+def _duplicate_upload(storage: SupabaseStorageStandIn) -> httpx.Response:
+    upload(storage, PATH)
+    return upload(storage, PATH)
+
+
+def _duplicate_bucket(storage: SupabaseStorageStandIn) -> httpx.Response:
+    return call_api(storage, "POST", "bucket", json={"id": BUCKET, "name": BUCKET})
+
+
+def _database_overloaded(storage: SupabaseStorageStandIn) -> httpx.Response:
+    storage.faults.storage_status = 503
+    return call_api(storage, "GET", f"bucket/{BUCKET}")
+
+
+ERROR_ANSWERS = {
+    "missing object": (
+        lambda s: call_api(s, "GET", f"object/authenticated/{BUCKET}/{PATH}"),
+        ("404", "not_found", "NoSuchKey", "Object not found"),
+    ),
+    "missing bucket": (
+        lambda s: call_api(s, "GET", "bucket/no-such-bucket"),
+        ("404", "Bucket not found", "NoSuchBucket", "Bucket not found"),
+    ),
+    "upload over an existing object": (
+        _duplicate_upload,
+        ("409", "Duplicate", "KeyAlreadyExists", "The resource already exists"),
+    ),
+    "existing bucket": (
+        _duplicate_bucket,
+        ("409", "Duplicate", "BucketAlreadyExists", "The resource already exists"),
+    ),
+    "forged token": (
+        lambda s: call_api(
+            s, "POST", f"object/list/{BUCKET}", key=s.mint_key(secret="x" * 40), json={}
+        ),
+        ("403", "Unauthorized", "AccessDenied", "signature verification failed"),
+    ),
+    "token that is not a JWT": (
+        lambda s: call_api(s, "GET", f"object/authenticated/{BUCKET}/{PATH}", key="sb_secret_x"),
+        ("403", "Unauthorized", "AccessDenied", "Invalid Compact JWS"),
+    ),
+    "forged token on the download route": (
+        lambda s: call_api(s, "GET", f"object/{BUCKET}/{PATH}", key=s.mint_key(secret="x" * 40)),
+        ("404", "Bucket not found", "NoSuchBucket", "Bucket not found"),
+    ),
+    "storage failing with 503": (
+        _database_overloaded,
+        ("503", "DatabaseConnectionLimit", "DatabaseConnectionLimit", None),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", ERROR_ANSWERS.values(), ids=ERROR_ANSWERS.keys())
+def test_stand_in_answers_errors_as_http_400_with_the_status_as_a_string(
+    storage: SupabaseStorageStandIn, case
+) -> None:
+    storage.create_bucket(BUCKET)
+    send, (status, error, code, message) = case
+    answer = send(storage)
+    assert answer.status_code == 400
+    body = answer.json()
+    assert (body["statusCode"], body["error"], body["code"]) == (status, error, code)
+    assert message is None or body["message"] == message
+
+
+def test_stand_in_success_answers_have_the_real_shapes(storage: SupabaseStorageStandIn) -> None:
+    storage.create_bucket(BUCKET)
+    created = upload(storage, PATH).json()
+    assert created["Key"] == f"{BUCKET}/{PATH}"
+    assert uuid.UUID(created["Id"])
+
+    download = call_api(storage, "GET", f"object/{BUCKET}/{PATH}")
+    assert download.content == DOCUMENT
+    assert download.headers["content-type"] == "application/json"
+    assert download.headers["cache-control"] == "no-cache"
+    assert download.headers["etag"] == f'"{hashlib.md5(DOCUMENT).hexdigest()}"'
+    assert download.headers["last-modified"].endswith(" GMT")
+
+    listed = call_api(storage, "POST", f"object/list/{BUCKET}", json={"prefix": "1001"}).json()
+    assert listed == [
+        {
+            "name": "2026-12-01",
+            "id": None,
+            "updated_at": None,
+            "created_at": None,
+            "last_accessed_at": None,
+            "metadata": None,
+        }
+    ]
+    day = call_api(storage, "POST", f"object/list/{BUCKET}", json={"prefix": "1001/2026-12-01"})
+    [entry] = day.json()
+    assert entry["name"] == "schedule.json"
+    assert entry["id"] == created["Id"]
+    assert set(entry["metadata"]) == {
+        "eTag",
+        "size",
+        "mimetype",
+        "cacheControl",
+        "lastModified",
+        "contentLength",
+        "httpStatusCode",
+    }
+
+    bulk = call_api(storage, "DELETE", f"object/{BUCKET}", json={"prefixes": [PATH]}).json()
+    assert [row["name"] for row in bulk] == [PATH]
+    again = call_api(storage, "DELETE", f"object/{BUCKET}", json={"prefixes": [PATH]})
+    assert again.json() == []
+    upload(storage, PATH)
+    single = call_api(storage, "DELETE", f"object/{BUCKET}/{PATH}")
+    assert single.json() == {"message": "Successfully deleted"}
+
+
+# --- the store ---------------------------------------------------------------------------
+
+
+def test_ensure_bucket_creates_a_private_bucket_and_a_second_call_is_harmless(
+    storage: SupabaseStorageStandIn, make_store: StoreFactory
+) -> None:
+    store = make_store()
+    store.ensure_bucket()
+    assert storage.buckets[BUCKET].public is False
+    store.ensure_bucket()  # the storage API answers 409 BucketAlreadyExists
+    store.ping()
+
+
+def test_ensure_bucket_refuses_an_existing_public_bucket(
+    storage: SupabaseStorageStandIn, make_store: StoreFactory
+) -> None:
+    storage.create_bucket(BUCKET, public=True)
+    with pytest.raises(BlobStoreUnavailable, match="is public"):
+        make_store().ensure_bucket()
+
+
+def test_put_get_and_upsert_over_an_existing_object(
+    storage: SupabaseStorageStandIn, store: SupabaseBlobStore
+) -> None:
+    store.put(PATH, b'{"a": 1}')
+    store.put(PATH, b'{"a": 2}')
+    assert store.get(PATH) == b'{"a": 2}'
+    stored = storage.object(BUCKET, PATH)
+    assert stored is not None
+    assert stored.mimetype == "application/json"
+    # An empty cacheControl is the only way to get the server's "no-cache".
+    assert stored.cache_control == "no-cache"
+
+
+def test_get_of_a_missing_object_is_blob_not_found(store: SupabaseBlobStore) -> None:
+    with pytest.raises(BlobNotFound):
+        store.get(PATH)
+
+
+def test_get_from_a_missing_bucket_is_not_blob_not_found(make_store: StoreFactory) -> None:
+    with pytest.raises(BlobStoreUnavailable, match="not found"):
+        make_store().get(PATH)
+
+
+def test_list_walks_company_and_date_folders_like_the_local_store(
+    storage: SupabaseStorageStandIn, store: SupabaseBlobStore, tmp_path: Path
+) -> None:
+    local = LocalBlobStore(tmp_path / "blobs")
+    days = [("1001", "2026-12-01"), ("1001", "2026-12-02"), ("1002", "2026-12-01")]
+    days.append(("acme_co-2", "2026-12-03"))
+    bodies = {schedule_path(company, day): f'{{"day": "{day}"}}'.encode() for company, day in days}
+    for path, body in bodies.items():
+        store.put(path, body)
+        local.put(path, body)
+    # The dashboard leaves placeholders in folders it creates; neither store lists them.
+    storage.put_object(BUCKET, "1001/.emptyFolderPlaceholder", b"")
+
+    assert [info.path for info in store.list("1001")] == [
+        "1001/2026-12-01/schedule.json",
+        "1001/2026-12-02/schedule.json",
+    ]
+    only_day = "1002/2026-12-01/schedule.json"
+    assert store.list("1002") == [BlobInfo(only_day, len(bodies[only_day]))]
+    for prefix in ["", "1001", "1001/", "1001/2026-12-02", "acme_co-2", "9999"]:
+        assert store.list(prefix) == local.list(prefix), prefix
+
+
+def test_list_pages_through_folders_larger_than_one_answer(
+    store: SupabaseBlobStore, make_store: StoreFactory
+) -> None:
+    paths = [schedule_path("1001", f"2026-12-0{day}") for day in range(1, 6)]
+    for path in paths:
+        store.put(path, b"{}")
+    paging = make_store(list_page_size=2)
+    assert [info.path for info in paging.list("1001")] == paths
+    assert [info.path for info in paging.list()] == paths
+
+
+def test_delete_removes_and_deleting_again_is_harmless(store: SupabaseBlobStore) -> None:
+    store.put(PATH, b"{}")
+    store.delete(PATH)
+    with pytest.raises(BlobNotFound):
+        store.get(PATH)
+    store.delete(PATH)
+    assert store.list() == []
+
+
+@pytest.mark.parametrize("path", ["../outside.json", "1001/../../x.json", "/1001/x.json", ""])
+def test_dot_and_empty_segments_never_reach_storage(
+    storage: SupabaseStorageStandIn, store: SupabaseBlobStore, path: str
+) -> None:
+    storage.faults.drop_connections = True  # any request would fail differently
+    for operation in (lambda: store.get(path), lambda: store.put(path, b"{}")):
+        with pytest.raises(InvalidBlobPath):
+            operation()
+
+
+def test_ping_without_the_bucket_is_unavailable(make_store: StoreFactory) -> None:
+    with pytest.raises(BlobStoreUnavailable, match="not found"):
+        make_store().ping()
+
+
+# --- a wrong key ---------------------------------------------------------------------------
+
+WRONG_KEYS: dict[str, Callable[[SupabaseStorageStandIn], str]] = {
+    "signed with another project's secret": lambda s: s.mint_key(secret="another" * 8),
+    "not a JWT": lambda s: "sb_secret_0123456789abcdefghijklmnop",
+    "the anon key": lambda s: s.mint_key("anon"),
+}
+
+OPERATIONS: dict[str, Callable[[SupabaseBlobStore], object]] = {
+    "ensure_bucket": lambda store: store.ensure_bucket(),
+    "put": lambda store: store.put(PATH, b'{"overwritten": true}'),
+    "get": lambda store: store.get(PATH),
+    "list": lambda store: store.list(),
+    "delete": lambda store: store.delete(PATH),
+    "ping": lambda store: store.ping(),
+}
+
+
+@pytest.mark.parametrize("operation", OPERATIONS.values(), ids=OPERATIONS.keys())
+@pytest.mark.parametrize("wrong_key", WRONG_KEYS.values(), ids=WRONG_KEYS.keys())
+def test_a_wrong_key_is_a_clear_error_and_never_blob_not_found(
+    storage: SupabaseStorageStandIn,
+    store: SupabaseBlobStore,
+    make_store: StoreFactory,
+    wrong_key: Callable[[SupabaseStorageStandIn], str],
+    operation: Callable[[SupabaseBlobStore], object],
+) -> None:
+    store.put(PATH, b'{"kept": true}')
+    with pytest.raises(BlobStoreUnavailable, match="service role key"):
+        operation(make_store(wrong_key(storage)))
+    assert storage.stored(BUCKET) == {PATH: b'{"kept": true}'}
+
+
+# --- storage down or failing ---------------------------------------------------------------
+
+FAULTS: dict[str, Callable[[SupabaseStorageStandIn], None]] = {
+    "gateway answers 503": lambda s: setattr(s.faults, "gateway_status", 503),
+    "storage answers 503 as HTTP 400": lambda s: setattr(s.faults, "storage_status", 503),
+    "storage answers 500": lambda s: setattr(s.faults, "storage_status", 500),
+    "storage answers 429": lambda s: setattr(s.faults, "storage_status", 429),
+    "connections dropped": lambda s: setattr(s.faults, "drop_connections", True),
+    "server stopped": lambda s: s.stop(),
+}
+
+
+@pytest.mark.parametrize("operation", OPERATIONS.values(), ids=OPERATIONS.keys())
+@pytest.mark.parametrize("fault", FAULTS.values(), ids=FAULTS.keys())
+def test_storage_down_or_failing_is_unavailable(
+    storage: SupabaseStorageStandIn,
+    store: SupabaseBlobStore,
+    fault: Callable[[SupabaseStorageStandIn], None],
+    operation: Callable[[SupabaseBlobStore], object],
+) -> None:
+    store.put(PATH, b"{}")
+    fault(storage)
+    with pytest.raises(BlobStoreUnavailable):
+        operation(store)
+
+
+# --- the engine end to end -----------------------------------------------------------------
+
+
+def test_engine_sync_stores_every_company_day_in_supabase_storage(
+    db_url: str, tmp_path: Path, demo_upstream: DemoUpstream, storage: SupabaseStorageStandIn
+) -> None:
+    settings = engine_settings(
+        db_url,
+        tmp_path / "data",
+        demo_upstream.url,
+        supabase_url=storage.url,
+        supabase_service_role_key=storage.service_role_key,
+    )
+    engine = Engine(settings)
+    try:
+        assert isinstance(engine.blobs, SupabaseBlobStore)
+        engine.sync()
+        engine.start(scheduler=False)
+        assert engine.wait_idle(timeout_s=30, poll_s=0.05), "the sync did not finish"
+        with engine.db.session() as session:
+            rows = list(session.execute(select(ScheduleData)).scalars())
+            statuses = set(session.execute(select(BackgroundJob.status)).scalars())
+    finally:
+        engine.stop()
+        if isinstance(engine.blobs, SupabaseBlobStore):
+            engine.blobs.close()
+
+    assert statuses == {JobStatus.COMPLETED}
+    companies = len(demo_upstream.world.service_company_ids)
+    assert len(rows) == companies * settings.days_ahead
+    stored = storage.stored(BUCKET)
+    assert set(stored) == {row.storage_path for row in rows}
+    for row in rows:
+        assert hashlib.sha256(stored[row.storage_path]).hexdigest() == row.checksum
+    assert not settings.blob_root.exists(), "nothing should have gone to local blobs"
