@@ -80,6 +80,8 @@ class BlobStore(Protocol):
     @property
     def description(self) -> str: ...
 
+    def close(self) -> None: ...
+
 
 class LocalBlobStore:
     """A folder on disk with the bucket's layout; writes are atomic (temp file + rename)."""
@@ -132,6 +134,9 @@ class LocalBlobStore:
             ),
             key=lambda info: info.path,
         )
+
+    def close(self) -> None:
+        """Nothing to release: files are opened per call."""
 
     def ping(self) -> None:
         if not self.root.is_dir():

@@ -65,7 +65,11 @@ class Engine:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.db: Database = connect(settings.effective_database_url)
-        self.blobs: BlobStore = open_blob_store(settings)
+        try:
+            self.blobs: BlobStore = open_blob_store(settings)
+        except Exception:
+            self.db.dispose()
+            raise
         self.demo: DemoUpstream | None = None
         self._stop_event = threading.Event()
         self.upstream = self._open_upstream()
@@ -165,6 +169,7 @@ class Engine:
             self.pool.stop()
             self.pool = None
         self.upstream.close()
+        self.blobs.close()
         if self.demo is not None:
             self.demo.stop()
         self.db.dispose()
