@@ -228,13 +228,13 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
 
 def _token(settings: Settings, args: argparse.Namespace) -> int:
     from opsdash.engine.db import connect, create_schema
-    from opsdash.readapi.tokens import UnknownUser, mint_token
+    from opsdash.readapi.tokens import TokenError, mint_token
 
     db = connect(settings.effective_database_url)
     create_schema(db)
     try:
         print(mint_token(settings, db, args.email, args.ttl))
-    except UnknownUser as error:
+    except TokenError as error:
         raise CliError(str(error)) from None
     finally:
         db.dispose()

@@ -1,0 +1,289 @@
+"""``opsdash --serve``: the read API on uvicorn and, optionally, the sync engine beside it.
+
+One process serves HTTP itself; with ``workers > 1`` uvicorn's supervisor runs
+that many worker processes on one shared socket, and this process keeps only
+the engine. SIGTERM and SIGINT stop everything cleanly: uvicorn finishes the
+requests in flight, then the engine finishes or releases its running jobs.
+The engine runs only here, never in the HTTP workers, so there is one
+scheduler however many workers serve.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import logging
+import shutil
+import signal
+import socket
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any, Protocol
+
+import uvicorn
+from fastapi import FastAPI
+from sqlalchemy.exc import SQLAlchemyError
+from uvicorn.config import STARTUP_FAILURE
+from uvicorn.supervisors.multiprocess import Multiprocess
+
+from opsdash.config import Settings
+from opsdash.engine.blobs import BlobStore, BlobStoreUnavailable
+from opsdash.engine.db import connect, create_schema
+from opsdash.readapi.app import ROUTES, create_app
+from opsdash.readapi.auth import TokenVerifier
+from opsdash.readapi.metrics import RequestMetrics
+
+log = logging.getLogger("opsdash.serve")
+
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+GRACEFUL_SHUTDOWN_S = 10
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_CONFIGURATION = 2
+
+
+class ManagedEngine(Protocol):
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+EngineFactory = Callable[[Settings], ManagedEngine]
+
+
+class ConfigurationError(Exception):
+    """The server cannot start as configured; the message says what to fix."""
+
+
+def serve(
+    settings: Settings,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: int | None = 1,
+    with_engine: bool = True,
+    engine_factory: EngineFactory | None = None,
+    http: str = "auto",
+    loop: str = "auto",
+) -> int:
+    """Serve until SIGTERM or SIGINT; returns the process exit code.
+
+    ``workers=None`` means one. ``engine_factory`` builds the engine when
+    ``with_engine`` (default: :class:`opsdash.engine.runtime.Engine`, imported
+    only then). ``http`` and ``loop`` are uvicorn's choices ("auto" takes
+    httptools and uvloop when they are installed).
+    """
+    worker_count = workers or 1
+    try:
+        if worker_count < 1:
+            raise ConfigurationError("--workers must be at least 1")
+        _check_configuration(settings)
+        listener = _bind(host, port)
+    except ConfigurationError as error:
+        log.error("cannot serve: %s", error)
+        return EXIT_BAD_CONFIGURATION
+
+    metrics_dir = Path(tempfile.mkdtemp(prefix="opsdash-metrics-")) if worker_count > 1 else None
+    engine: ManagedEngine | None = None
+    with _signals_recorded() as received:
+        try:
+            if with_engine:
+                engine = (engine_factory or _default_engine)(settings)
+                engine.start()
+                log.info("sync engine started")
+            if received:
+                return EXIT_OK  # told to stop while starting up
+            log.info(
+                "read API on http://%s:%d (%d worker%s)",
+                *listener.getsockname()[:2],
+                worker_count,
+                "" if worker_count == 1 else "s",
+            )
+            options = {"http": http, "loop": loop}
+            if worker_count == 1:
+                return _serve_in_process(settings, listener, options)
+            assert metrics_dir is not None
+            return _serve_with_workers(settings, listener, worker_count, metrics_dir, options)
+        finally:
+            if engine is not None:
+                log.info("stopping the sync engine")
+                engine.stop()
+            listener.close()
+            if metrics_dir is not None:
+                shutil.rmtree(metrics_dir, ignore_errors=True)
+            log.info("stopped")
+
+
+# --- start-up checks -------------------------------------------------------------------
+
+
+def _check_configuration(settings: Settings) -> None:
+    """Fail before binding when the database, storage or token keys are unusable."""
+    try:
+        TokenVerifier.from_settings(settings)
+    except (OSError, ValueError) as error:
+        raise ConfigurationError(f"token verification is not configured: {error}") from None
+    try:
+        db = connect(settings.effective_database_url)
+    except (SQLAlchemyError, ValueError) as error:
+        raise ConfigurationError(f"bad database URL: {error}") from None
+    try:
+        create_schema(db)
+    except SQLAlchemyError as error:
+        raise ConfigurationError(
+            f"cannot use the database at {db.display_url}: {_first_line(error)}"
+        ) from None
+    finally:
+        db.dispose()
+    try:
+        open_blob_store(settings).ping()
+    except (BlobStoreUnavailable, OSError) as error:
+        raise ConfigurationError(f"cannot use the blob store: {error}") from None
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError as error:
+        listener.close()
+        raise ConfigurationError(f"cannot listen on {host}:{port}: {error.strerror}") from None
+    listener.listen(2048)
+    listener.set_inheritable(True)
+    return listener
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def open_blob_store(settings: Settings) -> BlobStore:
+    # The engine's factory, imported late so that importing the read API stays light.
+    from opsdash.engine.runtime import open_blob_store as engine_open_blob_store
+
+    return engine_open_blob_store(settings)
+
+
+def _default_engine(settings: Settings) -> ManagedEngine:
+    from opsdash.engine.runtime import Engine
+
+    return Engine(settings)
+
+
+# --- serving ---------------------------------------------------------------------------
+
+
+def build_app(settings: Settings, metrics_dir: Path | None = None) -> FastAPI:
+    """The application one serving process runs, owning its database handle."""
+    db = connect(settings.effective_database_url)
+    metrics = RequestMetrics(ROUTES, shared_dir=metrics_dir)
+    blobs = open_blob_store(settings)
+    app = create_app(settings, db, blobs, metrics=metrics, on_shutdown=db.dispose)
+    # Everything imported and built so far lives as long as the process: keep it out of
+    # the cyclic collector, whose full passes over ~100k objects stall every request in
+    # flight for tens of milliseconds.
+    gc.collect()
+    gc.freeze()
+    return app
+
+
+def _uvicorn_options(options: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **options,
+        "log_config": log_config(),
+        "access_log": False,  # ObserveRequests logs each request once, with its latency
+        "server_header": False,
+        "lifespan": "on",
+        "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S,
+    }
+
+
+def _serve_in_process(settings: Settings, listener: socket.socket, options: dict[str, Any]) -> int:
+    config = uvicorn.Config(build_app(settings), **_uvicorn_options(options))
+    server = uvicorn.Server(config)
+    server.run(sockets=[listener])
+    return EXIT_OK if server.started else EXIT_FAILED
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a worker process needs to build its app; pickled to each spawned worker."""
+
+    settings: Settings
+    metrics_dir: Path
+
+
+class WorkerConfig(uvicorn.Config):
+    """uvicorn's config, except that each worker builds the app from a :class:`WorkerSpec`.
+
+    uvicorn's supervisor spawns fresh interpreters and normally re-imports the
+    app by name; building it from the pickled settings instead keeps the exact
+    settings the server was started with (command-line choices included).
+    """
+
+    def __init__(self, spec: WorkerSpec, **kwargs: Any) -> None:
+        super().__init__(app="opsdash.readapi.server:build_app", factory=True, **kwargs)
+        self.spec = spec
+
+    def load_app(self) -> Any:
+        return functools.partial(build_app, self.spec.settings, self.spec.metrics_dir)
+
+
+def _serve_with_workers(
+    settings: Settings,
+    listener: socket.socket,
+    workers: int,
+    metrics_dir: Path,
+    options: dict[str, Any],
+) -> int:
+    config = WorkerConfig(
+        WorkerSpec(settings, metrics_dir), workers=workers, **_uvicorn_options(options)
+    )
+    supervisor = Multiprocess(config, sockets=[listener])
+    supervisor.run()
+    failed = any(process.exitcode == STARTUP_FAILURE for process in supervisor.processes)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def log_config(level: str = "INFO") -> dict[str, Any]:
+    """Logging for this process and every worker: one format, to stderr."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"plain": {"format": LOG_FORMAT}},
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "formatter": "plain",
+                "stream": "ext://sys.stderr",
+            }
+        },
+        "root": {"handlers": ["stderr"], "level": level},
+        "loggers": {"uvicorn.access": {"level": "WARNING"}},
+    }
+
+
+@contextmanager
+def _signals_recorded() -> Iterator[list[int]]:
+    """Catch SIGTERM/SIGINT for the whole run, restoring the old handlers afterwards.
+
+    uvicorn re-raises the signal that stopped it once it has shut down; with
+    the default handlers that would kill this process before the engine stops.
+    """
+    received: list[int] = []
+
+    def record(signum: int, _frame: FrameType | None) -> None:
+        received.append(signum)
+
+    previous = {sig: signal.signal(sig, record) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
