@@ -1,0 +1,326 @@
+"""The operator console: a Textual app that hosts the engine and shows the whole system.
+
+``run_console`` builds the Engine, starts its scheduler and workers, runs the app,
+and stops the engine when the operator quits, so no job is left ``running``.
+The app itself never talks to the database on the UI thread: screens refresh in
+thread workers, operator actions run in thread workers, and results come back
+as messages (see :mod:`opsdash.screens.base` and :mod:`opsdash.screens.messages`).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, date, datetime, tzinfo
+from pathlib import Path
+from typing import ClassVar
+
+from sqlalchemy.exc import SQLAlchemyError
+from textual import work
+from textual.app import App
+from textual.binding import Binding, BindingType
+from textual.reactive import reactive
+from textual.timer import Timer
+from textual.worker import Worker, WorkerState
+
+from opsdash.config import Settings
+from opsdash.engine import companies, queries
+from opsdash.engine.runtime import Engine
+from opsdash.screens.commands import OpsdashCommands
+from opsdash.screens.companies import CompaniesScreen
+from opsdash.screens.jobs import JobsScreen
+from opsdash.screens.log import LogScreen
+from opsdash.screens.log_handler import AttachedLogHandler, ConsoleLogHandler
+from opsdash.screens.messages import (
+    ActionDone,
+    LogLine,
+    LogLinesArrived,
+    StatusLoaded,
+    SystemStatus,
+    TogglesReady,
+)
+from opsdash.screens.preview import PreviewScreen
+from opsdash.screens.toggles import TogglesScreen
+from opsdash.screens.widgets.status_bar import SLOW_DATABASE_MS
+
+STYLES = Path(__file__).parent / "styles"
+LOG_LINES_KEPT = 500
+STATUS_GROUP = "status"
+ACTION_GROUP = "action"
+
+Clock = Callable[[], datetime]
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class OpsdashApp(App[None]):
+    TITLE = "opsdash"
+    CSS_PATH: ClassVar[list[str | Path]] = [
+        STYLES / "app.tcss",
+        STYLES / "jobs.tcss",
+        STYLES / "companies.tcss",
+        STYLES / "preview.tcss",
+        STYLES / "log.tcss",
+        STYLES / "modals.tcss",
+    ]
+    MODES: ClassVar[dict[str, type]] = {  # type: ignore[assignment]
+        "jobs": JobsScreen,
+        "companies": CompaniesScreen,
+        "preview": PreviewScreen,
+        "log": LogScreen,
+    }
+    DEFAULT_MODE = "jobs"
+    COMMANDS = App.COMMANDS | {OpsdashCommands}
+    HORIZONTAL_BREAKPOINTS: ClassVar[list[tuple[int, str]]] = [(0, "-narrow"), (110, "-wide")]
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("1", "switch_mode('jobs')", "Jobs", show=False),
+        Binding("2", "switch_mode('companies')", "Companies", show=False),
+        Binding("3", "switch_mode('preview')", "Preview", show=False),
+        Binding("4", "switch_mode('log')", "Log", show=False),
+        Binding("s", "sync_now", "Sync now"),
+        Binding("p", "toggle_pause", "Pause/resume"),
+        Binding("q", "quit", "Quit"),
+    ]
+
+    system_status: reactive[SystemStatus | None] = reactive(None, always_update=True)
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        clock: Clock = _utc_now,
+        display_zone: tzinfo | None = None,
+        poll_interval_s: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.engine = engine
+        self._clock = clock
+        self.display_zone = display_zone
+        """Where times are shown; None means the operator's local zone."""
+        self.poll_interval_s = poll_interval_s
+        self.log_lines: deque[LogLine] = deque(maxlen=LOG_LINES_KEPT)
+        self._log_handler = ConsoleLogHandler(self)
+        self._attached_log = AttachedLogHandler(self._log_handler)
+        self._next_status: Timer | None = None
+        self._down_since: datetime | None = None
+        self._preview_request: tuple[uuid.UUID, date | None] | None = None
+        self._status_started: float | None = None
+
+    def now(self) -> datetime:
+        return self._clock()
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    def on_mount(self) -> None:
+        self._attached_log.attach()
+        self.refresh_status()
+        # A query that hangs never raises; the watchdog notices that the check is overdue.
+        self.set_interval(1.0, self._watch_status_check)
+
+    def on_unmount(self) -> None:
+        self._attached_log.detach()
+
+    # --- the status in the header ----------------------------------------------------
+
+    def refresh_status(self) -> None:
+        if self._next_status is not None:
+            self._next_status.stop()
+            self._next_status = None
+        self._status_started = time.monotonic()
+        self._load_status()
+
+    def _watch_status_check(self) -> None:
+        status, started = self.system_status, self._status_started
+        if status is None or started is None or not status.database_ok:
+            return
+        waited_ms = (time.monotonic() - started) * 1000
+        if waited_ms > SLOW_DATABASE_MS:
+            self.system_status = replace(status, database_ms=waited_ms)
+
+    @work(thread=True, exclusive=True, group=STATUS_GROUP, exit_on_error=False)
+    def _load_status(self) -> None:
+        engine, now = self.engine, self.now()
+        started = time.perf_counter()
+        try:
+            queries.ping(engine.db)
+            times = queries.sync_times(engine.db, now=now)
+        except SQLAlchemyError as error:
+            self.post_message(
+                StatusLoaded(
+                    SystemStatus(
+                        engine=engine.status(),
+                        database_ok=False,
+                        checked_at=now,
+                        database_error=_first_line(error),
+                    )
+                )
+            )
+            return
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        status = SystemStatus(
+            engine=engine.status(),
+            database_ok=True,
+            checked_at=now,
+            sync_times=times,
+            database_ms=elapsed_ms,
+        )
+        self.post_message(StatusLoaded(status))
+
+    def on_status_loaded(self, message: StatusLoaded) -> None:
+        self._status_started = None
+        status = message.status
+        if status.database_ok:
+            if self._down_since is not None:
+                self.notify("Database reachable again.")
+            self._down_since = None
+        elif self._down_since is None:
+            self._down_since = status.checked_at
+        if not status.database_ok:
+            status = replace(status, down_since=self._down_since)
+        self.system_status = status
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        worker = event.worker
+        if worker.group == STATUS_GROUP and event.state in (WorkerState.SUCCESS, WorkerState.ERROR):
+            self._next_status = self.set_timer(self.poll_interval_s, self.refresh_status)
+        if worker.group == ACTION_GROUP and event.state == WorkerState.ERROR:
+            self.notify(f"Action failed: {_first_line(worker.error)}", severity="error")
+
+    # --- operator actions ------------------------------------------------------------
+
+    def run_engine_action(self, action: Callable[[], ActionDone]) -> None:
+        """Run an engine or database write off the UI thread; its result comes as a toast."""
+        self._run_action(action)
+
+    # Actions are not exclusive: two different operator actions must both happen.
+    @work(thread=True, exclusive=False, group=ACTION_GROUP, exit_on_error=False)
+    def _run_action(self, action: Callable[[], ActionDone]) -> None:
+        self.post_message(action())
+
+    def on_action_done(self, message: ActionDone) -> None:
+        self.notify(message.text, severity=message.severity)
+        refresh = getattr(self.screen, "refresh_data", None)
+        if callable(refresh):
+            refresh()
+        self.refresh_status()
+
+    def action_sync_now(self) -> None:
+        engine = self.engine
+
+        def sync() -> ActionDone:
+            run = engine.sync()
+            if run.queued == 0:
+                return ActionDone(f"Sync run already queued: {run.planned} jobs made due now.")
+            return ActionDone(f"Sync run queued: {run.queued} of {run.planned} jobs.")
+
+        self.run_engine_action(sync)
+
+    def action_toggle_pause(self) -> None:
+        engine = self.engine
+
+        def toggle() -> ActionDone:
+            if engine.pool is None:
+                return ActionDone("This console runs no workers to pause.", "warning")
+            if engine.status().paused:
+                engine.resume()
+                return ActionDone("Workers resumed.")
+            engine.pause()
+            return ActionDone("Workers paused: running jobs finish, no new job starts.")
+
+        self.run_engine_action(toggle)
+
+    def resync(self, company_id: uuid.UUID, label: str, day: date | None = None) -> None:
+        engine = self.engine
+
+        def resync() -> ActionDone:
+            run = engine.sync(company_id=company_id, day=day)
+            what = f"{label} {day.isoformat()}" if day else f"{label} (all days)"
+            if run.planned == 0:
+                return ActionDone(f"{label} has sync turned off; nothing queued.", "warning")
+            return ActionDone(
+                f"Resync queued for {what}: {run.queued} new job(s), {run.planned} planned."
+            )
+
+        self.run_engine_action(resync)
+
+    def toggle_sync(self, company_id: uuid.UUID, label: str) -> None:
+        db = self.engine.db
+
+        def toggle() -> ActionDone:
+            enabled = companies.toggle_sync_enabled(db, company_id)
+            state = "on" if enabled else "off"
+            return ActionDone(f"Sync turned {state} for {label}.")
+
+        self.run_engine_action(toggle)
+
+    def edit_toggles(self, company_id: uuid.UUID) -> None:
+        """Read the company's toggles off the UI thread, then open the editor."""
+        self._read_toggles(company_id)
+
+    @work(thread=True, exclusive=True, group="read-toggles", exit_on_error=False)
+    def _read_toggles(self, company_id: uuid.UUID) -> None:
+        toggles = queries.company_toggles(self.engine.db, company_id)
+        if toggles is None:
+            self.post_message(ActionDone("That company no longer exists.", "warning"))
+            return
+        self.post_message(TogglesReady(toggles))
+
+    def on_toggles_ready(self, message: TogglesReady) -> None:
+        toggles, db = message.toggles, self.engine.db
+
+        def save(overrides: dict[str, bool] | None) -> None:
+            if overrides is None:
+                return
+
+            def write() -> ActionDone:
+                companies.set_toggle_overrides(db, toggles.id, overrides)
+                count = len(overrides)
+                return ActionDone(f"Feature toggles of {toggles.name} saved ({count} override(s)).")
+
+            self.run_engine_action(write)
+
+        self.push_screen(TogglesScreen(toggles), save)
+
+    def open_preview(self, company_id: uuid.UUID, day: date | None) -> None:
+        """Show the technician preview of this company (and day, if given)."""
+        self._preview_request = (company_id, day)
+        self.switch_mode("preview")
+
+    def take_preview_request(self) -> tuple[uuid.UUID, date | None] | None:
+        request, self._preview_request = self._preview_request, None
+        return request
+
+    # --- log lines -------------------------------------------------------------------
+
+    def on_log_lines_arrived(self, _message: LogLinesArrived) -> None:
+        lines = self._log_handler.drain()
+        if not lines:
+            return
+        self.log_lines.extend(lines)
+        if isinstance(self.screen, LogScreen):
+            self.screen.show_lines()
+
+
+def _first_line(error: BaseException | None) -> str:
+    if error is None:
+        return "unknown error"
+    text = str(getattr(error, "orig", None) or error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"
+
+
+def run_console(settings: Settings) -> int:
+    """Open the console with its own engine; stop the engine cleanly on quit."""
+    engine = Engine(settings)
+    try:
+        engine.start()
+        OpsdashApp(engine).run()
+    finally:
+        print("opsdash: stopping workers (running jobs finish or are released)…", file=sys.stderr)
+        engine.stop()
+    return 0

@@ -1,0 +1,175 @@
+"""One company: its settings, effective toggles and stored days, with the company's actions."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date, datetime, tzinfo
+from typing import Any
+
+from rich.table import Table
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.message import Message
+from textual.widgets import DataTable, Footer, Static
+
+from opsdash.engine import queries
+from opsdash.engine.queries import CompanyStorage, CompanyToggles, StoredDay
+from opsdash.privacy import PRIVACY_TOGGLES
+from opsdash.screens.base import LiveScreen
+from opsdash.screens.messages import CompanyLoaded, CompanySnapshot
+from opsdash.screens.toggles import toggle_label
+from opsdash.screens.widgets.formatting import NOTHING, age, size_kb, timestamp
+from opsdash.screens.widgets.live_table import Column, LiveTable
+from opsdash.screens.widgets.status_bar import StatusBar
+
+DAY_COLUMNS = (
+    Column("date", "date", 10),
+    Column("size", "size", 8),
+    Column("jobs", "jobs", 4),
+    Column("employees", "staff", 5),
+    Column("teams", "teams", 5),
+    Column("checksum", "checksum", 12),
+    Column("status", "status", 6),
+    Column("updated", "updated"),
+)
+
+
+def day_cells(day: StoredDay, now: datetime) -> tuple[Any, ...]:
+    return (
+        day.date.isoformat(),
+        size_kb(day.file_size_kb),
+        str(day.job_count),
+        str(day.employee_count),
+        str(day.team_count),
+        day.checksum[:12],
+        day.status,
+        f"{age(day.updated_at, now)} ago" if day.updated_at else NOTHING,
+    )
+
+
+def company_summary(
+    company: CompanyStorage, toggles: CompanyToggles | None, zone: tzinfo | None
+) -> Table:
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(style="dim", no_wrap=True)
+    grid.add_column()
+    grid.add_row("company", Text(f"{company.name} ({company.service_company_id})", style="bold"))
+    grid.add_row(
+        "sync",
+        Text("on", style="bold") if company.sync_enabled else Text("off (not synced)", "bold"),
+    )
+    grid.add_row("time zone", company.timezone)
+    grid.add_row("last synced", timestamp(company.last_synced_at, zone))
+    if toggles is not None:
+        grid.add_row("toggles", _toggle_summary(toggles))
+    return grid
+
+
+def _toggle_summary(toggles: CompanyToggles) -> Text:
+    effective = toggles.effective
+    text = Text()
+    for name in PRIVACY_TOGGLES:
+        if text:
+            text.append(" · ")
+        on_ = effective.get(name) is True
+        label = toggle_label(name).removeprefix("Display ").lower()
+        text.append(label, style="bold" if on_ else "dim strike")
+        if name in toggles.overrides:
+            text.append("*")
+    if toggles.overrides:
+        text.append("   (* overridden by an operator)", style="dim")
+    return text
+
+
+class CompanyDetailScreen(LiveScreen):
+    BINDINGS = [
+        Binding("escape,backspace", "app.pop_screen", "Back"),
+        Binding("u", "resync_company", "Resync all days"),
+        Binding("d", "resync_day", "Resync day"),
+        Binding("e", "toggle_sync", "Sync on/off"),
+        Binding("t", "edit_toggles", "Toggles"),
+        Binding("v", "preview_day", "Preview day"),
+    ]
+
+    def __init__(self, company_id: uuid.UUID, name: str) -> None:
+        super().__init__()
+        self.company_id = company_id
+        self.company_name = name
+        self._days: dict[str, StoredDay] = {}
+
+    def compose(self) -> ComposeResult:
+        yield StatusBar()
+        yield Static(Text(self.company_name, style="bold"), id="company-summary")
+        table = LiveTable(DAY_COLUMNS, id="days-table")
+        table.border_title = "stored days"
+        yield table
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#days-table", LiveTable).focus()
+        super().on_mount()
+
+    def fetch(self) -> Message:
+        db, now = self.console.engine.db, self.console.now()
+        company = next(
+            (row for row in queries.company_storage(db, now=now) if row.id == self.company_id),
+            None,
+        )
+        return CompanyLoaded(
+            CompanySnapshot(
+                company=company,
+                toggles=queries.company_toggles(db, self.company_id),
+                days=queries.stored_days(db, self.company_id),
+                now=now,
+            )
+        )
+
+    def on_company_loaded(self, message: CompanyLoaded) -> None:
+        snapshot = message.snapshot
+        summary = self.query_one("#company-summary", Static)
+        if snapshot.company is None:
+            summary.update(Text("This company no longer exists.", style="bold"))
+            return
+        self.company_name = snapshot.company.name
+        summary.update(
+            company_summary(snapshot.company, snapshot.toggles, self.console.display_zone)
+        )
+        self._days = {day.date.isoformat(): day for day in snapshot.days}
+        table = self.query_one("#days-table", LiveTable)
+        table.show([(key, day_cells(day, snapshot.now)) for key, day in self._days.items()])
+        table.border_subtitle = (
+            f"{len(snapshot.days)} days · {size_kb(sum(d.file_size_kb for d in snapshot.days))}"
+            if snapshot.days
+            else "nothing stored yet: press u to sync this company"
+        )
+
+    def _highlighted_day(self) -> date | None:
+        key = self.query_one("#days-table", LiveTable).highlighted_key
+        if key is None:
+            self.notify("No stored day selected.", severity="warning")
+            return None
+        return date.fromisoformat(key)
+
+    def action_resync_company(self) -> None:
+        self.console.resync(self.company_id, self.company_name)
+
+    def action_resync_day(self) -> None:
+        day = self._highlighted_day()
+        if day is not None:
+            self.console.resync(self.company_id, self.company_name, day)
+
+    def action_toggle_sync(self) -> None:
+        self.console.toggle_sync(self.company_id, self.company_name)
+
+    def action_edit_toggles(self) -> None:
+        self.console.edit_toggles(self.company_id)
+
+    def action_preview_day(self) -> None:
+        key = self.query_one("#days-table", LiveTable).highlighted_key
+        self.console.open_preview(self.company_id, date.fromisoformat(key) if key else None)
+
+    @on(DataTable.RowSelected, "#days-table")
+    def _day_selected(self, _event: DataTable.RowSelected) -> None:
+        self.action_preview_day()

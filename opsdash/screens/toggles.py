@@ -1,0 +1,112 @@
+"""The feature-toggle editor: one switch per toggle, saved as the company's overrides.
+
+The modal only decides; the caller writes the result to ``toggle_overrides`` off
+the UI thread. Dismisses with the overrides to save, or None when cancelled.
+"""
+
+from __future__ import annotations
+
+import re
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Button, Label, Static, Switch
+
+from opsdash.engine.companies import overrides_for
+from opsdash.engine.queries import CompanyToggles
+from opsdash.privacy import PRIVACY_TOGGLES
+
+TOGGLE_PREFIX = "TechDashboard_"
+
+
+def toggle_label(name: str) -> str:
+    """``TechDashboard_DisplayBillRate`` → ``Display bill rate``."""
+    words = re.findall(r"[A-Z][a-z]*|[a-z]+|\d+", name.removeprefix(TOGGLE_PREFIX))
+    sentence = " ".join(word.lower() for word in words) or name
+    return sentence[:1].upper() + sentence[1:]
+
+
+def toggle_names(toggles: CompanyToggles) -> list[str]:
+    """The privacy toggles first (always offered), then any other the upstream reports."""
+    others = sorted((set(toggles.upstream) | set(toggles.overrides)) - set(PRIVACY_TOGGLES))
+    return [*PRIVACY_TOGGLES, *others]
+
+
+def _switch_id(name: str) -> str:
+    return "toggle-" + re.sub(r"[^A-Za-z0-9_-]", "_", name)
+
+
+class TogglesScreen(ModalScreen[dict[str, bool] | None]):
+    BINDINGS = [
+        Binding("escape", "cancel", "Cancel"),
+        Binding("ctrl+s", "save", "Save"),
+    ]
+
+    def __init__(self, toggles: CompanyToggles) -> None:
+        super().__init__()
+        self.toggles = toggles
+        self.names = toggle_names(toggles)
+
+    def compose(self) -> ComposeResult:
+        effective = self.toggles.effective
+        with Vertical(id="toggles-dialog", classes="dialog"):
+            yield Label(
+                f"Feature toggles · {self.toggles.name} ({self.toggles.service_company_id})",
+                id="toggles-title",
+                markup=False,
+            )
+            yield Static(
+                "On/off as technicians get them. A switch that differs from the upstream "
+                "is saved as an override; a sync never erases it.",
+                id="toggles-help",
+            )
+            with VerticalScroll(id="toggles-list"):
+                for name in self.names:
+                    with Horizontal(classes="toggle-row"):
+                        yield Switch(
+                            value=effective.get(name) is True,
+                            id=_switch_id(name),
+                            name=name,
+                        )
+                        yield Label(toggle_label(name), classes="toggle-name", markup=False)
+                        yield Static(self._upstream_note(name), classes="toggle-upstream")
+            with Horizontal(classes="dialog-buttons"):
+                yield Button("Save (ctrl+s)", variant="primary", id="toggles-save")
+                yield Button("Follow upstream", id="toggles-reset")
+                yield Button("Cancel (esc)", id="toggles-cancel")
+
+    def _upstream_note(self, name: str) -> Text:
+        upstream = self.toggles.upstream.get(name)
+        shown = "on" if upstream is True else "off" if upstream is False else "unset (off)"
+        note = Text(f"upstream {shown}", style="dim")
+        if name in self.toggles.overrides:
+            note.append(" · overridden", style="bold")
+        return note
+
+    def wanted(self) -> dict[str, bool]:
+        return {name: self.query_one(f"#{_switch_id(name)}", Switch).value for name in self.names}
+
+    def action_save(self) -> None:
+        self.dismiss(overrides_for(self.toggles.upstream, self.wanted()))
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+    @on(Button.Pressed, "#toggles-save")
+    def _save_pressed(self) -> None:
+        self.action_save()
+
+    @on(Button.Pressed, "#toggles-cancel")
+    def _cancel_pressed(self) -> None:
+        self.action_cancel()
+
+    @on(Button.Pressed, "#toggles-reset")
+    def _reset_pressed(self) -> None:
+        for name in self.names:
+            self.query_one(f"#{_switch_id(name)}", Switch).value = (
+                self.toggles.upstream.get(name) is True
+            )

@@ -1,0 +1,1 @@
+"""Small widgets the console's screens share."""

@@ -1,0 +1,127 @@
+"""The status bar on top of every screen: where to go, mode, workers, health, sync times, targets.
+
+A banner line appears while the database cannot be reached or answers slowly.
+"""
+
+from __future__ import annotations
+
+from datetime import tzinfo
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.markup import escape
+from textual.widgets import Static
+
+from opsdash.screens.messages import SystemStatus
+from opsdash.screens.widgets.formatting import NOTHING, age, clock, until
+
+SLOW_DATABASE_MS = 2000.0
+
+SCREENS = (("jobs", "1", "Jobs"), ("companies", "2", "Companies"), ("preview", "3", "Preview"))
+SCREENS += (("log", "4", "Log"),)
+
+
+def short_database(url: str) -> str:
+    """The database URL without noise: the SQLite file, or the Postgres host and name."""
+    for prefix in ("sqlite:///", "sqlite://"):
+        if url.startswith(prefix):
+            return "sqlite " + url.removeprefix(prefix)
+    return url.replace("postgresql+psycopg://", "postgres ")
+
+
+def short_upstream(description: str) -> str:
+    address = description.removeprefix("demo upstream ").removeprefix("MaidCentral ")
+    return address.removeprefix("http://")
+
+
+class StatusBar(Vertical):
+    """Watches the app's ``system_status`` and renders it."""
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="status-top"):
+            yield Static(id="status-nav")
+            yield Static(id="status-health")
+        yield Static(id="status-where")
+        yield Static(id="status-banner")
+
+    def on_mount(self) -> None:
+        self.watch(self.app, "system_status", self._show, init=True)
+
+    def show_latest(self) -> None:
+        """Render again (the screen became current: its link in the nav must light up)."""
+        self._show(getattr(self.app, "system_status", None))
+
+    def _show(self, status: SystemStatus | None) -> None:
+        self.query_one("#status-nav", Static).update(self._nav(status))
+        health = self.query_one("#status-health", Static)
+        where = self.query_one("#status-where", Static)
+        banner = self.query_one("#status-banner", Static)
+        if status is None:
+            health.update(Text("connecting…", style="dim"))
+            where.update("")
+            banner.display = False
+            return
+        zone: tzinfo | None = getattr(self.app, "display_zone", None)
+        health.update(self._health(status))
+        where.update(self._where(status, zone))
+        problem = self._problem(status, zone)
+        banner.display = problem is not None
+        banner.update(problem or "")
+        self.set_class(not status.database_ok, "-database-down")
+
+    def _nav(self, status: SystemStatus | None) -> str:
+        mode = status.engine.mode if status else None
+        badge = f"[reverse b] {escape(str(mode).upper())} [/] " if mode else ""
+        current = self.app.current_mode
+        links = []
+        for name, key, label in SCREENS:
+            style = "b u" if name == current else "dim"
+            links.append(f"[@click=app.switch_mode('{name}')][{style}]{key} {label}[/][/]")
+        return badge + "  ".join(links)
+
+    @staticmethod
+    def _health(status: SystemStatus) -> Text:
+        engine = status.engine
+        text = Text(justify="right")
+        if engine.paused:
+            text.append(" workers PAUSED ", style="reverse bold")
+        else:
+            text.append(f"workers {engine.workers_busy}/{engine.workers_total} busy")
+        text.append("  db ", style="dim")
+        if status.database_ok:
+            text.append("● ok", style="bold")
+        else:
+            text.append(" ✖ down ", style="bold reverse")
+        return text
+
+    @staticmethod
+    def _where(status: SystemStatus, zone: tzinfo | None) -> Text:
+        engine, now, times = status.engine, status.checked_at, status.sync_times
+        text = Text()
+        next_sync = engine.next_sync_at
+        text.append("next sync ", style="dim")
+        text.append(f"{clock(next_sync, zone)} ({until(next_sync, now)})" if next_sync else NOTHING)
+        text.append(" · last queued ", style="dim")
+        last = times.last_queued_at if times else None
+        text.append(f"{age(last, now)} ago" if last else NOTHING)
+        text.append(" · ", style="dim")
+        text.append(short_database(engine.database))
+        text.append(" · upstream ", style="dim")
+        text.append(short_upstream(engine.upstream))
+        return text
+
+    @staticmethod
+    def _problem(status: SystemStatus, zone: tzinfo | None) -> Text | None:
+        if not status.database_ok:
+            since = clock(status.down_since, zone) if status.down_since else "now"
+            return Text(
+                f"Database unreachable since {since}: {status.database_error or 'no answer'}. "
+                "Retrying every second; tables show the last data read."
+            )
+        if status.database_ms > SLOW_DATABASE_MS:
+            return Text(
+                f"Database slow: the status check took {status.database_ms / 1000:.1f} s "
+                "(or is still waiting); tables may lag."
+            )
+        return None
