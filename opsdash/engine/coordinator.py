@@ -45,7 +45,12 @@ def schedule_jobs_for(
     companies: Sequence[Company | SyncTarget], *, now: datetime, days_ahead: int, max_attempts: int
 ) -> list[queue.NewJob]:
     return [
-        queue.schedule_job(company.id, day.isoformat(), max_attempts=max_attempts)
+        queue.schedule_job(
+            company.id,
+            day.isoformat(),
+            max_attempts=max_attempts,
+            service_company_id=company.service_company_id,
+        )
         for company in companies
         for day in local_days(company.timezone, now, days_ahead)
     ]
@@ -54,20 +59,21 @@ def schedule_jobs_for(
 @dataclass(frozen=True)
 class SyncTarget:
     id: uuid.UUID
+    service_company_id: str
     timezone: str
 
 
 def syncable_companies(db: Database, company_id: uuid.UUID | None = None) -> list[SyncTarget]:
     """Enabled companies: only the two columns planning needs (thousands of rows, hourly)."""
     companies = Company.__table__.c  # type: ignore[attr-defined]
-    query = select(companies.id, companies.timezone).where(
+    query = select(companies.id, companies.service_company_id, companies.timezone).where(
         companies.sync_enabled, companies.portal_enabled
     )
     if company_id is not None:
         query = query.where(companies.id == company_id)
     with db.read() as conn:
         rows = conn.execute(query.order_by(companies.service_company_id)).all()
-    return [SyncTarget(row.id, row.timezone) for row in rows]
+    return [SyncTarget(row.id, row.service_company_id, row.timezone) for row in rows]
 
 
 def plan_and_enqueue(
@@ -92,7 +98,12 @@ def plan_and_enqueue(
     companies = syncable_companies(db, company_id)
     if day is not None:
         jobs = [
-            queue.schedule_job(company.id, day.isoformat(), max_attempts=max_attempts)
+            queue.schedule_job(
+                company.id,
+                day.isoformat(),
+                max_attempts=max_attempts,
+                service_company_id=company.service_company_id,
+            )
             for company in companies
         ]
     else:

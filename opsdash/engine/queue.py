@@ -66,12 +66,23 @@ class NewJob:
     max_attempts: int = 3
 
 
-def schedule_job(company_id: uuid.UUID, day: str, *, max_attempts: int = 3) -> NewJob:
+def schedule_job(
+    company_id: uuid.UUID,
+    day: str,
+    *,
+    max_attempts: int = 3,
+    service_company_id: str | None = None,
+) -> NewJob:
+    # The service company id only makes logs and the console readable; the handler
+    # always works from company_id.
+    params = {"date": day}
+    if service_company_id:
+        params["company"] = service_company_id
     return NewJob(
         job_type=JobType.SYNC_SCHEDULE,
         dedup_key=f"sync_schedule:{company_id}:{day}",
         company_id=company_id,
-        params={"date": day},
+        params=params,
         max_attempts=max_attempts,
     )
 

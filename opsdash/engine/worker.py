@@ -33,8 +33,9 @@ class PoolSettings:
 
 
 def _describe(job: BackgroundJob) -> str:
-    day = (job.params or {}).get("date")
-    target = f" {job.company_id}/{day}" if day else ""
+    params = job.params or {}
+    day = params.get("date")
+    target = f" {params.get('company') or job.company_id}/{day}" if day else ""
     return f"{job.job_type}{target} [{str(job.id)[:8]}]"
 
 
