@@ -108,7 +108,7 @@ class SyncedWorld:
 
     def add_profile(self, role: str, company_id: uuid.UUID | None) -> uuid.UUID:
         profile = UserProfile(id=uuid.uuid4(), company_id=company_id, role=role)
-        with self.db.session() as session:
+        with self.db.write_session() as session:
             session.add(profile)
             session.commit()
         return profile.id
@@ -276,7 +276,7 @@ def test_warm_answers_are_the_same_as_cold_ones(api: LiveApi) -> None:
     world = api.world
     day = world.days[0]
     technician = world.add_profile("technician", world.company_a.id)
-    with world.db.session() as session:
+    with world.db.write_session() as session:
         profile = session.get(UserProfile, technician)
         assert profile is not None
         profile.employee_information_id = world.technician_with_jobs(
@@ -496,7 +496,7 @@ def test_a_missing_blob_is_404(api: LiveApi) -> None:
         file_size_kb=1,
         checksum="0" * 64,
     )
-    with world.db.session() as session:
+    with world.db.write_session() as session:
         session.add(row)
         session.commit()
     token = world.token(world.people(world.company_b, "admin")[0])

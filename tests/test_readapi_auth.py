@@ -226,7 +226,7 @@ def add_user(db: Database, email: str, role: str = "technician") -> UserProfile:
     profile = UserProfile(
         id=uuid.uuid4(), company_id=company.id, role=role, email=email, employee_information_id="7"
     )
-    with db.session() as session:
+    with db.write_session() as session:
         session.add(company)
         session.flush()
         session.add(profile)

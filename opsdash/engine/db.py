@@ -71,6 +71,22 @@ class Database:
                 yield conn
 
     @contextmanager
+    def write_session(self) -> Iterator[Session]:
+        """An ORM session whose transaction takes the write lock up front (see ``write``).
+
+        Use it for read-modify-write through the ORM: on SQLite a plain session that
+        reads first and writes later fails with "database is locked" when a worker
+        wrote in between, instead of waiting its turn.
+        """
+        with self.write() as conn:
+            session = Session(bind=conn, expire_on_commit=False)
+            try:
+                yield session
+                session.flush()
+            finally:
+                session.close()
+
+    @contextmanager
     def read(self) -> Iterator[Connection]:
         with self.engine.connect() as conn, conn.begin():
             yield conn
