@@ -274,3 +274,12 @@ def test_operator_reset_by_hand_is_picked_up_again(db: Database) -> None:
 def test_naive_datetimes_are_refused(db: Database, bad: datetime) -> None:
     with pytest.raises(Exception, match="naive"):
         queue.enqueue(db, [queue.users_job()], now=bad.replace(tzinfo=None))
+
+
+def test_optimize_gathers_planner_statistics(db: Database) -> None:
+    queue.enqueue(db, [queue.NewJob(JobType.SYNC_USERS, f"k{i}") for i in range(50)], now=T0)
+    db.optimize()
+    if not db.is_postgres:
+        with db.read() as conn:
+            analysed = conn.exec_driver_sql("SELECT COUNT(*) FROM sqlite_stat1").scalar()
+        assert analysed > 0

@@ -147,6 +147,18 @@ class Database:
         """SQL max of two values: GREATEST on Postgres, the scalar MAX on SQLite."""
         return func.greatest(*values) if self.is_postgres else func.max(*values)
 
+    def optimize(self) -> None:
+        """Keep the query planner's statistics fresh.
+
+        SQLite never gathers them by itself (Postgres has autovacuum), and without
+        them some console queries scan a whole index.
+        """
+        if not self.is_postgres:
+            with self.write() as conn:
+                # A bounded sample per index keeps this quick on a large table.
+                conn.exec_driver_sql("PRAGMA analysis_limit=1000")
+                conn.exec_driver_sql("ANALYZE")
+
     def dispose(self) -> None:
         self.engine.dispose()
 

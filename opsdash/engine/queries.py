@@ -325,9 +325,13 @@ class RunProgress:
 def run_progress(db: Database, *, now: datetime) -> RunProgress | None:
     """None when no job is pending or running."""
     with db.read() as conn:
-        oldest_active = conn.execute(
-            select(func.min(J.created_at)).where(J.status.in_(ACTIVE_STATUSES))
-        ).scalar_one()
+        # One lookup per status walks the (status, created_at) index straight to its
+        # minimum; an IN list makes Postgres walk created_at from the oldest job.
+        oldest = [
+            conn.execute(select(func.min(J.created_at)).where(J.status == status)).scalar_one()
+            for status in ACTIVE_STATUSES
+        ]
+        oldest_active = min((moment for moment in oldest if moment is not None), default=None)
         if oldest_active is None:
             return None
         since = max(oldest_active, now - RUN_WINDOW)

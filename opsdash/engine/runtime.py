@@ -224,6 +224,7 @@ class Engine:
 
     def prune(self) -> int:
         pruned = queue.prune(self.db, older_than=timedelta(days=self.settings.retention_days))
+        self.db.optimize()
         if pruned:
             log.info("pruned %d old jobs into job_stats", pruned)
         return pruned
