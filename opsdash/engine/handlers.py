@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, select
+from sqlalchemy import Connection, bindparam, delete, or_, select
 from tzlocal.windows_tz import win_tz
 
 from opsdash.engine import coordinator, queue
@@ -316,75 +316,123 @@ def sync_users(context: HandlerContext, job: BackgroundJob) -> Outcome:
     except UpstreamError as error:
         return Outcome(job, False, error=str(error), retryable=error.retryable)
 
-    summary = _UsersResult()
     now = utcnow()
+    summary = _UsersResult()
+    directory = _read_directory(upstream_companies, now, summary)
     # One transaction for the whole directory: a crash mid-way changes nothing.
     with context.db.write() as conn:
-        for raw in upstream_companies:
-            _sync_company(context.db, conn, raw, now, summary)
+        company_ids = _upsert_companies(context.db, conn, directory, now, summary)
+        _replace_profiles(context.db, conn, directory, company_ids, now, summary)
     if summary.new_companies:
         summary.queued = _queue_new_companies(context, summary.new_companies)
     return Outcome(job, True, summary.__dict__)
 
 
-def _sync_company(
-    db: Database, conn: Connection, raw: Any, now: datetime, summary: _UsersResult
-) -> None:
-    if not isinstance(raw, Mapping):
-        summary.skipped.append("a company record that is not an object")
-        return
-    record = {str(key).lower(): value for key, value in raw.items()}
-    service_id = str(record.get("servicecompanyid") or "")
-    if not SERVICE_COMPANY_ID.fullmatch(service_id):
-        summary.skipped.append(f"company with invalid ServiceCompanyId {service_id!r}")
-        return
-    company_id, created = _upsert_company(conn, service_id, record, now)
-    summary.companies += 1
-    if created:
-        summary.new_companies.append(service_id)
-    kept, removed, skipped = _replace_profiles(db, conn, company_id, record.get("users"), now)
-    summary.profiles += kept
-    summary.removed_profiles += removed
-    summary.skipped += skipped
+@dataclass
+class _UpstreamCompany:
+    service_id: str
+    active: bool
+    values: dict[str, Any]
+    users: list[dict[str, Any]]
 
 
-def _upsert_company(
-    conn: Connection, service_id: str, record: dict[str, Any], now: datetime
-) -> tuple[uuid.UUID, bool]:
-    active = bool(record.get("isactive", True))
-    toggles = record.get("featuretoggles")
-    values = {
-        "name": str(record.get("name") or service_id),
-        "timezone": windows_to_iana(record.get("timezoneinfoid")),
-        "feature_toggles": {k: bool(v) for k, v in toggles.items()}
-        if isinstance(toggles, Mapping)
-        else {},
-        "updated_at": now,
-    }
-    existing = conn.execute(
-        select(COMPANIES.c.id).where(COMPANIES.c.service_company_id == service_id)
-    ).scalar_one_or_none()
-    if existing is not None:
-        # Operator state (overrides, enabled flags) is never touched by a sync.
-        conn.execute(COMPANIES.update().where(COMPANIES.c.id == existing).values(values))
-        return existing, False
-    company_id = uuid.uuid4()
-    conn.execute(
-        COMPANIES.insert().values(
-            id=company_id,
-            service_company_id=service_id,
-            sync_enabled=active,
-            portal_enabled=active,
-            toggle_overrides={},
-            created_at=now,
-            **values,
+def _read_directory(
+    upstream_companies: list[Any], now: datetime, summary: _UsersResult
+) -> list[_UpstreamCompany]:
+    """Validate the upstream's companies and users; what is unusable is reported, not stored."""
+    directory: list[_UpstreamCompany] = []
+    seen_users: set[uuid.UUID] = set()
+    for raw in upstream_companies:
+        if not isinstance(raw, Mapping):
+            summary.skipped.append("a company record that is not an object")
+            continue
+        record = {str(key).lower(): value for key, value in raw.items()}
+        service_id = str(record.get("servicecompanyid") or "")
+        if not SERVICE_COMPANY_ID.fullmatch(service_id):
+            summary.skipped.append(f"company with invalid ServiceCompanyId {service_id!r}")
+            continue
+        toggles = record.get("featuretoggles")
+        values = {
+            "name": str(record.get("name") or service_id),
+            "timezone": windows_to_iana(record.get("timezoneinfoid")),
+            "feature_toggles": {k: bool(v) for k, v in toggles.items()}
+            if isinstance(toggles, Mapping)
+            else {},
+            "updated_at": now,
+        }
+        users: list[dict[str, Any]] = []
+        raw_users = record.get("users")
+        for user in raw_users if isinstance(raw_users, list) else []:
+            row = _profile_row(user, now)
+            if isinstance(row, str):
+                summary.skipped.append(row)
+            elif row["id"] in seen_users:
+                summary.skipped.append(f"user {row['id']} listed in more than one company")
+            else:
+                seen_users.add(row["id"])
+                users.append(row)
+        active = bool(record.get("isactive", True))
+        directory.append(_UpstreamCompany(service_id, active, values, users))
+    return directory
+
+
+def _upsert_companies(
+    db: Database,
+    conn: Connection,
+    directory: list[_UpstreamCompany],
+    now: datetime,
+    summary: _UsersResult,
+) -> dict[str, uuid.UUID]:
+    """Create new companies, refresh known ones; returns service id → company id."""
+    service_ids = [company.service_id for company in directory]
+    known: dict[str, uuid.UUID] = {}
+    for chunk in _chunks(service_ids, 500):
+        rows = conn.execute(
+            select(COMPANIES.c.service_company_id, COMPANIES.c.id).where(
+                COMPANIES.c.service_company_id.in_(chunk)
+            )
         )
-    )
-    return company_id, True
+        known.update({service_id: company_id for service_id, company_id in rows})
+    created = [
+        {
+            "id": uuid.uuid4(),
+            "service_company_id": company.service_id,
+            "sync_enabled": company.active,
+            "portal_enabled": company.active,
+            "toggle_overrides": {},
+            "created_at": now,
+            **company.values,
+        }
+        for company in directory
+        if company.service_id not in known
+    ]
+    for chunk in _chunks(created, 500):
+        conn.execute(COMPANIES.insert(), chunk)
+    # Operator state (overrides, enabled flags) is never touched by a sync.
+    refreshed = [
+        {"known_id": known[company.service_id], **company.values}
+        for company in directory
+        if company.service_id in known
+    ]
+    if refreshed:
+        conn.execute(
+            COMPANIES.update()
+            .where(COMPANIES.c.id == bindparam("known_id"))
+            .values({key: bindparam(key) for key in refreshed[0] if key != "known_id"}),
+            refreshed,
+        )
+    summary.companies = len(directory)
+    summary.new_companies = [row["service_company_id"] for row in created]
+    return known | {row["service_company_id"]: row["id"] for row in created}
 
 
-def _profile_row(user: Any, company_id: uuid.UUID, now: datetime) -> dict[str, Any] | str:
-    """A user_profiles row, or the reason the user was skipped."""
+def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _profile_row(user: Any, now: datetime) -> dict[str, Any] | str:
+    """A user_profiles row (without its company), or the reason the user was skipped."""
     if not isinstance(user, Mapping):
         return "a user record that is not an object"
     record = {str(key).lower(): value for key, value in user.items()}
@@ -401,7 +449,6 @@ def _profile_row(user: Any, company_id: uuid.UUID, now: datetime) -> dict[str, A
     )
     return {
         "id": user_id,
-        "company_id": company_id,
         "role": str(role),
         "employee_information_id": str(employee_id) if employee_id not in (None, "") else None,
         "email": str(record["email"]).lower() if record.get("email") else None,
@@ -411,32 +458,38 @@ def _profile_row(user: Any, company_id: uuid.UUID, now: datetime) -> dict[str, A
 
 
 def _replace_profiles(
-    db: Database, conn: Connection, company_id: uuid.UUID, users: Any, now: datetime
-) -> tuple[int, int, list[str]]:
-    """Upsert the company's users; remove profiles the upstream no longer lists (fail closed)."""
-    rows: list[dict[str, Any]] = []
-    skipped: list[str] = []
-    for user in users if isinstance(users, list) else []:
-        row = _profile_row(user, company_id, now)
-        if isinstance(row, str):
-            skipped.append(row)
-        else:
-            rows.append(row)
-    for chunk_start in range(0, len(rows), 500):
-        insert = db.insert(PROFILES).values(rows[chunk_start : chunk_start + 500])
+    db: Database,
+    conn: Connection,
+    directory: list[_UpstreamCompany],
+    company_ids: dict[str, uuid.UUID],
+    now: datetime,
+    summary: _UsersResult,
+) -> None:
+    """Upsert every listed user; remove the profiles the upstream no longer lists (fail closed)."""
+    rows = [
+        {**user, "company_id": company_ids[company.service_id]}
+        for company in directory
+        for user in company.users
+    ]
+    for chunk in _chunks(rows, 500):
+        insert = db.insert(PROFILES).values(chunk)
         conn.execute(
             insert.on_conflict_do_update(
                 index_elements=["id"],
-                set_={key: insert.excluded[key] for key in rows[0] if key != "id"},
+                set_={key: insert.excluded[key] for key in chunk[0] if key != "id"},
             )
         )
-    removed = conn.execute(
-        delete(PROFILES).where(
-            PROFILES.c.company_id == company_id,
-            PROFILES.c.id.not_in([row["id"] for row in rows]),
-        )
-    ).rowcount
-    return len(rows), removed, skipped
+    # Every profile listed this run was just stamped with ``now``; the rest are stale.
+    removed = 0
+    for chunk in _chunks(list(company_ids.values()), 500):
+        removed += conn.execute(
+            delete(PROFILES).where(
+                PROFILES.c.company_id.in_(chunk),
+                or_(PROFILES.c.updated_at.is_(None), PROFILES.c.updated_at < now),
+            )
+        ).rowcount
+    summary.profiles = len(rows)
+    summary.removed_profiles = removed
 
 
 def _queue_new_companies(context: HandlerContext, service_ids: list[str]) -> int:

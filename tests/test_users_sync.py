@@ -1,0 +1,193 @@
+"""The users sync against a crafted directory served over real HTTP."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import orjson
+import pytest
+from sqlalchemy import select
+
+from opsdash.engine import handlers, queue
+from opsdash.engine.db import Database
+from opsdash.engine.models import BackgroundJob, Company, UserProfile
+from opsdash.engine.upstream import MaidCentralClient, RateLimiter
+
+
+class DirectoryServer:
+    """Serves whatever ``companies`` holds as the dr-schedule/users answer."""
+
+    def __init__(self) -> None:
+        self.companies: list[Any] = []
+        directory = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = orjson.dumps(
+                    {
+                        "IsSuccess": True,
+                        "Message": None,
+                        "StatusCode": 200,
+                        "Result": {
+                            "ServiceCompanyGroups": [
+                                {
+                                    "ServiceCompanyGroupId": 1,
+                                    "ServiceCompanies": directory.companies,
+                                }
+                            ]
+                        },
+                    }
+                )
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def directory() -> Iterator[DirectoryServer]:
+    server = DirectoryServer()
+    yield server
+    server.close()
+
+
+def user(name: str, roles: list[str], employee_id: str | None = None, **extra: Any) -> dict:
+    return {
+        "UserId": str(uuid.uuid5(uuid.NAMESPACE_URL, name)),
+        "Email": f"{name}@example.com",
+        "EmployeeInformationId": employee_id,
+        "FirstName": name.title(),
+        "LastName": "Doe",
+        "Roles": roles,
+        **extra,
+    }
+
+
+def company(service_id: Any, users: list[dict], **extra: Any) -> dict:
+    return {
+        "ServiceCompanyId": service_id,
+        "Name": f"Company {service_id}",
+        "IsActive": True,
+        "TimeZoneInfoId": "Pacific Standard Time",
+        "FeatureToggles": {"TechDashboard_DisplayBillRate": True},
+        "Users": users,
+        **extra,
+    }
+
+
+def run_users_sync(db: Database, directory: DirectoryServer) -> dict[str, Any]:
+    client = MaidCentralClient(directory.url, "key", limiter=RateLimiter(10_000))
+    context = handlers.HandlerContext(db=db, blobs=None, upstream=client)  # type: ignore[arg-type]
+    with db.read() as conn:  # schedule jobs queued by an earlier run are not under test
+        pending = conn.execute(select(BackgroundJob.id).where(BackgroundJob.status == "pending"))
+        queue.cancel(db, list(pending.scalars()))
+    queue.enqueue(db, [queue.users_job()])
+    worker = queue.new_worker_id()
+    [job] = queue.claim(db, worker, lease_s=30)
+    [outcome] = handlers.run(context, [job])
+    assert outcome.ok, outcome.error
+    queue.complete(db, job, worker, outcome.result)
+    client.close()
+    return outcome.result
+
+
+def profiles(db: Database) -> dict[str, UserProfile]:
+    with db.session() as session:
+        return {p.email: p for p in session.execute(select(UserProfile)).scalars()}
+
+
+def test_directory_becomes_companies_and_profiles(db: Database, directory) -> None:
+    directory.companies = [
+        company(
+            1001,
+            [
+                user("ann", ["Administrator", "Office"]),
+                user("otto", ["Office"]),
+                user("tess", ["Employee"], "E1"),
+            ],
+        ),
+        company("bad/id", [user("eve", ["Employee"], "E9")]),
+        "not a company",
+    ]
+    result = run_users_sync(db, directory)
+    assert result["companies"] == 1
+    assert result["new_companies"] == ["1001"]
+    assert len(result["skipped"]) == 2
+    assert result["queued"] == 7
+    people = profiles(db)
+    assert {email: p.role for email, p in people.items()} == {
+        "ann@example.com": "admin",
+        "otto@example.com": "office",
+        "tess@example.com": "technician",
+    }
+    assert people["tess@example.com"].employee_information_id == "E1"
+    with db.session() as session:
+        [stored] = session.execute(select(Company)).scalars()
+    assert stored.timezone == "America/Los_Angeles"
+    assert stored.sync_enabled and stored.portal_enabled
+
+
+def test_resync_updates_keeps_overrides_and_removes_departed_users(db: Database, directory) -> None:
+    directory.companies = [
+        company(1001, [user("ann", ["Administrator"]), user("tess", ["Employee"], "E1")])
+    ]
+    run_users_sync(db, directory)
+    with db.write_session() as session:
+        [stored] = session.execute(select(Company)).scalars()
+        stored.toggle_overrides = {"TechDashboard_DisplayBillRate": False}
+        stored.sync_enabled = False
+        session.add(stored)
+    directory.companies = [
+        company(
+            1001,
+            [user("ann", ["Administrator"]), user("bob", ["Employee"], "E2")],
+            Name="Renamed Co",
+            TimeZoneInfoId="New Zealand Standard Time",
+            FeatureToggles={
+                "TechDashboard_DisplayBillRate": False,
+                "TechDashboard_HideDiscounts": True,
+            },
+        )
+    ]
+    result = run_users_sync(db, directory)
+    assert result["new_companies"] == []
+    assert result["removed_profiles"] == 1
+    assert set(profiles(db)) == {"ann@example.com", "bob@example.com"}
+    with db.session() as session:
+        [stored] = session.execute(select(Company)).scalars()
+    assert stored.name == "Renamed Co"
+    assert stored.timezone == "Pacific/Auckland"
+    assert stored.feature_toggles["TechDashboard_HideDiscounts"] is True
+    assert stored.toggle_overrides == {"TechDashboard_DisplayBillRate": False}
+    assert stored.sync_enabled is False
+
+
+def test_bad_users_are_reported_not_stored(db: Database, directory) -> None:
+    shared = user("sam", ["Employee"], "E5")
+    directory.companies = [
+        company(1001, [shared, user("nobody", ["Janitor"]), {"UserId": "not-a-uuid"}, 42]),
+        company(1002, [shared]),
+    ]
+    result = run_users_sync(db, directory)
+    assert set(profiles(db)) == {"sam@example.com"}
+    messages = " | ".join(result["skipped"])
+    assert "no known role" in messages
+    assert "invalid UserId" in messages
+    assert "not an object" in messages
+    assert "more than one company" in messages
