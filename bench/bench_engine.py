@@ -11,6 +11,7 @@ Prints one line per figure; docs/benchmarks.md records a run.
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import secrets
 import statistics
@@ -220,6 +221,68 @@ def bench_throughput(companies: int = 200, workers: int = 4) -> None:
         )
 
 
+def bench_throughput_processes(companies: int = 200, processes: int = 2, threads: int = 3) -> None:
+    """The same drain with `opsdash worker` processes sharing the Postgres queue (scale-out)."""
+    jobs = companies * 7 + 1
+    print(
+        f"\n== throughput: {jobs} jobs, upstream latency 0 ms, "
+        f"{processes} `opsdash worker` processes x {threads} threads, Postgres =="
+    )
+    with (
+        postgres_url() as url,
+        ExternalDemo(companies) as upstream,
+        tempfile.TemporaryDirectory() as folder,
+    ):
+        settings = Settings(
+            database_url=url,
+            data_dir=Path(folder),
+            maidcentral_api_url=upstream.url,
+            maidcentral_api_key="bench-key",
+            workers=0,
+        )
+        env = {
+            **os.environ,
+            "DATABASE_URL": url,
+            "OPSDASH_DATA_DIR": folder,
+            "MAIDCENTRAL_API_URL": upstream.url,
+            "MAIDCENTRAL_API_KEY": "bench-key",
+            "OPSDASH_UPSTREAM_RATE_PER_MINUTE": "100000",
+            "OPSDASH_UPSTREAM_RATE_PER_HOUR": "10000000",
+            "OPSDASH_POLL_INTERVAL_S": "0.1",
+        }
+        engine = Engine(settings)
+        command = [sys.executable, "-m", "opsdash", "worker", "--concurrency", str(threads)]
+        workers = [
+            subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL) for _ in range(processes)
+        ]
+        try:
+            _wait_until_listening(engine, len(workers))
+            started = time.perf_counter()
+            engine.sync()
+            engine.wait_idle(timeout_s=900, poll_s=0.05)
+            wall = time.perf_counter() - started
+        finally:
+            for process in workers:
+                process.terminate()
+                process.wait(timeout=30)
+            engine.stop()
+    print(f"postgres  {jobs / wall:7.1f} jobs/s ({jobs} jobs in {wall:.1f} s)")
+
+
+def _wait_until_listening(engine: Engine, processes: int) -> None:
+    """Worker processes are ready once each holds a pooled connection to the database."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with engine.db.read() as conn:
+            connected = conn.exec_driver_sql(
+                "SELECT COUNT(DISTINCT pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ).scalar_one()
+        if connected >= processes:
+            return
+        time.sleep(0.1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--only", choices=["enqueue", "drain", "throughput"])
@@ -228,6 +291,7 @@ def main() -> None:
         bench_enqueue()
     if args.only in (None, "throughput"):
         bench_throughput()
+        bench_throughput_processes()
     if args.only in (None, "drain"):
         bench_drain()
 
