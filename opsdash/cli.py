@@ -32,6 +32,12 @@ def _parse_date(text: str) -> date:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
 
 
+def _parse_port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1-65535)")
+    return int(text)
+
+
 def _parse_ttl(text: str) -> timedelta:
     match = re.fullmatch(r"(\d+)([smhd])", text.strip())
     if not match:
@@ -48,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--serve", action="store_true", help="run headless: HTTP read API + engine")
     parser.add_argument("--host", default="127.0.0.1", help="with --serve: address to bind")
-    parser.add_argument("--port", type=int, default=8000, help="with --serve: port to bind")
+    parser.add_argument("--port", type=_parse_port, default=8000, help="with --serve: port to bind")
     parser.add_argument(
         "--workers", type=int, default=None, help="with --serve: HTTP worker processes"
     )

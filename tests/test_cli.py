@@ -81,3 +81,9 @@ def test_bad_setting_is_a_clear_error(cli_env: dict[str, str]) -> None:
     assert result.returncode == 2
     assert "invalid configuration" in result.stderr
     assert "workers" in result.stderr
+
+
+def test_bad_port_is_a_clear_error(cli_env: dict[str, str]) -> None:
+    result = opsdash("--serve", "--port", "99999", env=cli_env)
+    assert result.returncode == 2
+    assert "'99999' is not a port" in result.stderr
