@@ -283,3 +283,42 @@ def test_optimize_gathers_planner_statistics(db: Database) -> None:
         with db.read() as conn:
             analysed = conn.exec_driver_sql("SELECT COUNT(*) FROM sqlite_stat1").scalar()
         assert analysed > 0
+
+
+def test_hand_reset_never_collides_with_other_jobs_for_the_same_work(db: Database) -> None:
+    """Two failed runs of one company-day, plus a pending one, then DESIGN's reset query."""
+    company = add_company(db)
+    worker = queue.new_worker_id()
+    for _ in range(2):
+        queue.enqueue(db, [queue.schedule_job(company.id, "2026-12-01", max_attempts=1)], now=T0)
+        [job] = queue.claim(db, worker, lease_s=LEASE, now=T0)
+        queue.fail(db, job, worker, "boom", retry_base_s=1, now=T0)
+    queue.enqueue(db, [queue.schedule_job(company.id, "2026-12-01")], now=T0)
+    with db.write() as conn:
+        reset = conn.execute(
+            update(BackgroundJob.__table__)
+            .where(BackgroundJob.__table__.c.status == "failed")
+            .values(status="pending", attempts=0)
+        )
+    assert reset.rowcount == 2
+    assert count_rows(db, "background_jobs", "status = 'pending'") == 3
+
+
+def test_retry_restores_the_dedup_key(db: Database) -> None:
+    company = add_company(db)
+    queue.enqueue(db, [queue.schedule_job(company.id, "2026-12-01", max_attempts=1)], now=T0)
+    worker = queue.new_worker_id()
+    [job] = queue.claim(db, worker, lease_s=LEASE, now=T0)
+    queue.fail(db, job, worker, "boom", retry_base_s=1, now=T0)
+    assert load(db, job.id).dedup_key is None
+    assert queue.retry(db, [job.id], now=T0) == 1
+    assert load(db, job.id).dedup_key == f"sync_schedule:{company.id}:2026-12-01"
+    assert queue.enqueue(db, [queue.schedule_job(company.id, "2026-12-01")], now=T0) == 0
+
+
+def test_fail_with_a_given_delay(db: Database) -> None:
+    queue.enqueue(db, [queue.users_job()], now=T0)
+    worker = queue.new_worker_id()
+    [job] = queue.claim(db, worker, lease_s=LEASE, now=T0)
+    queue.fail(db, job, worker, "boom", retry_base_s=10, delay_s=42, now=T0)
+    assert load(db, job.id).scheduled_at == T0 + timedelta(seconds=42)

@@ -241,3 +241,19 @@ def test_sync_survives_the_database_dropping_every_connection(
         assert len(stored_rows(running)) == 3 * DAYS
     finally:
         running.stop()
+
+
+def test_a_failed_batch_comes_due_together(engine: Engine, demo_upstream) -> None:
+    broken = demo_upstream.world.service_company_ids[0]
+    demo_upstream.faults.failing_companies = {broken: "500"}
+    engine.sync()
+    engine.start(scheduler=False)
+    assert engine.wait_idle(timeout_s=60)
+    with engine.db.session() as session:
+        company = session.execute(
+            select(Company).where(Company.service_company_id == broken)
+        ).scalar_one()
+    failed = [job for job in jobs(engine) if job.company_id == company.id]
+    # Every attempt of the company's 7 days went out as one upstream call.
+    assert len(failed) == DAYS
+    assert demo_upstream.stats()["companies"][broken] == 3 * engine.settings.upstream_attempts

@@ -191,3 +191,39 @@ def test_bad_users_are_reported_not_stored(db: Database, directory) -> None:
     assert "invalid UserId" in messages
     assert "not an object" in messages
     assert "more than one company" in messages
+
+
+def test_only_real_booleans_count_and_inactive_is_not_enabled(db: Database, directory) -> None:
+    directory.companies = [
+        company(
+            1001,
+            [user("ann", ["Administrator"])],
+            FeatureToggles={
+                "TechDashboard_DisplayBillRate": "false",
+                "TechDashboard_DisplayRoomRate": 1,
+                "TechDashboard_HideDiscounts": False,
+            },
+        ),
+        {**company(1002, [user("bea", ["Administrator"])]), "IsActive": None},
+    ]
+    run_users_sync(db, directory)
+    with db.session() as session:
+        stored = {c.service_company_id: c for c in session.execute(select(Company)).scalars()}
+    assert stored["1001"].feature_toggles == {"TechDashboard_HideDiscounts": False}
+    assert stored["1001"].sync_enabled is True
+    assert stored["1002"].sync_enabled is False and stored["1002"].portal_enabled is False
+
+
+def test_users_of_a_company_that_vanished_lose_access(db: Database, directory) -> None:
+    directory.companies = [
+        company(1001, [user("ann", ["Administrator"])]),
+        company(1002, [user("bea", ["Administrator"])]),
+    ]
+    run_users_sync(db, directory)
+    directory.companies = [company(1001, [user("ann", ["Administrator"])])]
+    result = run_users_sync(db, directory)
+    assert result["removed_profiles"] == 1
+    assert set(profiles(db)) == {"ann@example.com"}
+    directory.companies = []  # an empty answer is an upstream fault, not an exodus
+    run_users_sync(db, directory)
+    assert set(profiles(db)) == {"ann@example.com"}

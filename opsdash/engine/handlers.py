@@ -355,7 +355,10 @@ def _read_directory(
         values = {
             "name": str(record.get("name") or service_id),
             "timezone": windows_to_iana(record.get("timezoneinfoid")),
-            "feature_toggles": {k: bool(v) for k, v in toggles.items()}
+            # Only real booleans: bool("false") is True, and a toggle read wrongly as on
+            # would show a technician what the company hides. Privacy treats a missing
+            # toggle as off.
+            "feature_toggles": {k: v for k, v in toggles.items() if isinstance(v, bool)}
             if isinstance(toggles, Mapping)
             else {},
             "updated_at": now,
@@ -371,7 +374,7 @@ def _read_directory(
             else:
                 seen_users.add(row["id"])
                 users.append(row)
-        active = bool(record.get("isactive", True))
+        active = record.get("isactive") is True
         directory.append(_UpstreamCompany(service_id, active, values, users))
     return directory
 
@@ -479,13 +482,14 @@ def _replace_profiles(
                 set_={key: insert.excluded[key] for key in chunk[0] if key != "id"},
             )
         )
-    # Every profile listed this run was just stamped with ``now``; the rest are stale.
+    # Every profile listed this run was just stamped with ``now``; the rest, including
+    # those of companies the upstream no longer lists, lose access (fail closed). An
+    # empty directory is far more likely an upstream fault than everyone leaving.
     removed = 0
-    for chunk in _chunks(list(company_ids.values()), 500):
-        removed += conn.execute(
+    if rows:
+        removed = conn.execute(
             delete(PROFILES).where(
-                PROFILES.c.company_id.in_(chunk),
-                or_(PROFILES.c.updated_at.is_(None), PROFILES.c.updated_at < now),
+                or_(PROFILES.c.updated_at.is_(None), PROFILES.c.updated_at < now)
             )
         ).rowcount
     summary.profiles = len(rows)

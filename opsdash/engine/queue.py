@@ -49,6 +49,10 @@ MAX_COALESCED_JOBS = 62
 MAX_CLAIM_TRIES = 4
 MAX_BACKOFF_S = 15 * 60
 ERROR_MESSAGE_LIMIT = 2000
+# A failed or cancelled job lets go of its dedup key, so the operators' hand reset
+# (``UPDATE … SET status = 'pending' WHERE status = 'failed'``) can never collide with
+# another job for the same work; ``retry`` derives the key again.
+_FINISHED_KEY = {"dedup_key": None}
 
 
 def new_worker_id() -> str:
@@ -66,6 +70,13 @@ class NewJob:
     max_attempts: int = 3
 
 
+def dedup_key_for(job_type: str, company_id: uuid.UUID | None, params: dict[str, Any]) -> str:
+    """The unit of work a job does: at most one active job per key."""
+    if job_type == JobType.SYNC_SCHEDULE:
+        return f"sync_schedule:{company_id}:{params.get('date')}"
+    return str(job_type)
+
+
 def schedule_job(
     company_id: uuid.UUID,
     day: str,
@@ -80,7 +91,7 @@ def schedule_job(
         params["company"] = service_company_id
     return NewJob(
         job_type=JobType.SYNC_SCHEDULE,
-        dedup_key=f"sync_schedule:{company_id}:{day}",
+        dedup_key=dedup_key_for(JobType.SYNC_SCHEDULE, company_id, params),
         company_id=company_id,
         params=params,
         max_attempts=max_attempts,
@@ -88,7 +99,8 @@ def schedule_job(
 
 
 def users_job(*, max_attempts: int = 3) -> NewJob:
-    return NewJob(job_type=JobType.SYNC_USERS, dedup_key="sync_users", max_attempts=max_attempts)
+    key = dedup_key_for(JobType.SYNC_USERS, None, {})
+    return NewJob(job_type=JobType.SYNC_USERS, dedup_key=key, max_attempts=max_attempts)
 
 
 def _job(row: Any) -> BackgroundJob:
@@ -316,6 +328,13 @@ def _error_entry(job: BackgroundJob, worker: str | None, message: str, now: date
     return {"attempt": job.attempts, "at": now.isoformat(), "worker": worker, "message": message}
 
 
+@dataclass(frozen=True)
+class Failure:
+    job: BackgroundJob
+    message: str
+    retryable: bool = True
+
+
 def fail(
     db: Database,
     job: BackgroundJob,
@@ -324,6 +343,7 @@ def fail(
     *,
     retry_base_s: float,
     retryable: bool = True,
+    delay_s: float | None = None,
     now: datetime | None = None,
     rng: random.Random | None = None,
 ) -> JobStatus | None:
@@ -331,26 +351,71 @@ def fail(
 
     Returns the new status, or None when the lease was lost.
     """
+    [status] = fail_many(
+        db,
+        [Failure(job, message, retryable)],
+        worker_id,
+        retry_base_s=retry_base_s,
+        delay_s=delay_s,
+        now=now,
+        rng=rng,
+    )
+    return status
+
+
+def fail_many(
+    db: Database,
+    failures: Sequence[Failure],
+    worker_id: str,
+    *,
+    retry_base_s: float,
+    delay_s: float | None = None,
+    now: datetime | None = None,
+    rng: random.Random | None = None,
+) -> list[JobStatus | None]:
+    """``fail`` for a batch, in one transaction.
+
+    With ``delay_s`` every retried job gets the same backoff, and since they
+    become due in the same commit, they are claimed (and fetched upstream)
+    together again instead of one day at a time.
+    """
     now = now or utcnow()
-    message = _truncate(message)
-    errors = [*(job.errors or []), _error_entry(job, worker_id, message, now)]
-    exhausted = not retryable or job.attempts >= job.max_attempts
+    statuses: list[JobStatus | None] = []
+    with db.write() as conn:
+        for failure in failures:
+            values, new_status = _failure_values(
+                failure, worker_id, retry_base_s, delay_s, now, rng
+            )
+            outcome = conn.execute(
+                update(JOBS).where(_fenced(failure.job, worker_id)).values(values)
+            )
+            statuses.append(new_status if outcome.rowcount == 1 else None)
+    return statuses
+
+
+def _failure_values(
+    failure: Failure,
+    worker_id: str,
+    retry_base_s: float,
+    delay_s: float | None,
+    now: datetime,
+    rng: random.Random | None,
+) -> tuple[dict[str, Any], JobStatus]:
+    job = failure.job
+    message = _truncate(failure.message)
     values: dict[str, Any] = {
-        "errors": errors,
+        "errors": [*(job.errors or []), _error_entry(job, worker_id, message, now)],
         "error_message": message,
         "lease_expires_at": None,
         "duration_ms": _duration_ms(job, now),
     }
-    if exhausted:
-        values |= {"status": JobStatus.FAILED, "completed_at": now}
-        new_status = JobStatus.FAILED
-    else:
-        delay = backoff_delay_s(job.attempts, retry_base_s, rng)
-        values |= {"status": JobStatus.PENDING, "scheduled_at": now + timedelta(seconds=delay)}
-        new_status = JobStatus.PENDING
-    with db.write() as conn:
-        outcome = conn.execute(update(JOBS).where(_fenced(job, worker_id)).values(values))
-    return new_status if outcome.rowcount == 1 else None
+    if not failure.retryable or job.attempts >= job.max_attempts:
+        return values | {"status": JobStatus.FAILED, "completed_at": now, **_FINISHED_KEY}, (
+            JobStatus.FAILED
+        )
+    delay = delay_s if delay_s is not None else backoff_delay_s(job.attempts, retry_base_s, rng)
+    values |= {"status": JobStatus.PENDING, "scheduled_at": now + timedelta(seconds=delay)}
+    return values, JobStatus.PENDING
 
 
 def release(db: Database, jobs: Sequence[BackgroundJob], worker_id: str) -> int:
@@ -385,7 +450,12 @@ def cancel(db: Database, job_ids: Sequence[uuid.UUID], *, now: datetime | None =
         outcome = conn.execute(
             update(JOBS)
             .where(C.id.in_(job_ids), C.status == JobStatus.PENDING)
-            .values(status=JobStatus.CANCELLED, completed_at=now, error_message="cancelled")
+            .values(
+                status=JobStatus.CANCELLED,
+                completed_at=now,
+                error_message="cancelled",
+                **_FINISHED_KEY,
+            )
         )
         return outcome.rowcount
 
@@ -402,20 +472,25 @@ def retry(db: Database, job_ids: Sequence[uuid.UUID], *, now: datetime | None = 
     retried = 0
     with db.write() as conn:
         candidates = conn.execute(
-            select(C.id, C.dedup_key).where(
+            select(C.id, C.job_type, C.company_id, C.params).where(
                 C.id.in_(job_ids), C.status.in_([JobStatus.FAILED, JobStatus.CANCELLED])
             )
         ).all()
-        keys = [row.dedup_key for row in candidates if row.dedup_key]
+        keys = {
+            row.id: dedup_key_for(row.job_type, row.company_id, row.params or {})
+            for row in candidates
+        }
         active_keys = set(
             conn.execute(
-                select(C.dedup_key).where(C.dedup_key.in_(keys), C.status.in_(ACTIVE_STATUSES))
+                select(C.dedup_key).where(
+                    C.dedup_key.in_(set(keys.values())), C.status.in_(ACTIVE_STATUSES)
+                )
             ).scalars()
         )
         for row in candidates:
-            if row.dedup_key in active_keys:
+            if keys[row.id] in active_keys:
                 continue
-            active_keys.add(row.dedup_key)
+            active_keys.add(keys[row.id])
             retried += conn.execute(
                 update(JOBS)
                 .where(C.id == row.id)
@@ -426,6 +501,7 @@ def retry(db: Database, job_ids: Sequence[uuid.UUID], *, now: datetime | None = 
                     completed_at=None,
                     locked_by=None,
                     lease_expires_at=None,
+                    dedup_key=keys[row.id],
                 )
             ).rowcount
     return retried
@@ -465,7 +541,7 @@ def rescue(db: Database, *, now: datetime | None = None) -> RescueResult:
                 "scheduled_at": now,
             }
             if spent:
-                values["completed_at"] = now
+                values |= {"completed_at": now, **_FINISHED_KEY}
             conn.execute(update(JOBS).where(_fenced(job, job.locked_by or "")).values(values))
             failed += spent
             requeued += not spent

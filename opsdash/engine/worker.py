@@ -158,9 +158,9 @@ class WorkerPool:
         successes = [outcome for outcome in outcomes if outcome.ok]
         if successes:
             self._patiently(self._record_successes, worker_id, successes)
-        for outcome in outcomes:
-            if not outcome.ok:
-                self._patiently(self._record_failure, worker_id, outcome)
+        failures = [outcome for outcome in outcomes if not outcome.ok]
+        if failures:
+            self._patiently(self._record_failures, worker_id, failures)
         with self._held_lock:
             self._held.pop(worker_id, None)
 
@@ -186,26 +186,30 @@ class WorkerPool:
             else:
                 log.warning("lost the lease of %s; its result was dropped", _describe(outcome.job))
 
-    def _record_failure(self, worker_id: str, outcome: Outcome) -> None:
-        job, db = outcome.job, self.context.db
+    def _record_failures(self, worker_id: str, outcomes: list[Outcome]) -> None:
+        db = self.context.db
         if self._stopping.is_set():
             # Interrupted by shutdown (e.g. waiting on the rate limiter): not a real attempt.
-            queue.release(db, [job], worker_id)
+            queue.release(db, [outcome.job for outcome in outcomes], worker_id)
             return
-        status = queue.fail(
+        # One backoff for the whole batch, recorded in one transaction: its days come
+        # due together and are fetched again with one upstream call, not one call each.
+        attempt = max(outcome.job.attempts for outcome in outcomes)
+        statuses = queue.fail_many(
             db,
-            job,
+            [queue.Failure(o.job, o.error, o.retryable) for o in outcomes],
             worker_id,
-            outcome.error,
             retry_base_s=self.settings.retry_base_s,
-            retryable=outcome.retryable,
+            delay_s=queue.backoff_delay_s(attempt, self.settings.retry_base_s),
         )
-        if status == JobStatus.PENDING:
-            log.warning("retrying %s after: %s", _describe(job), outcome.error)
-        elif status == JobStatus.FAILED:
-            log.error("failed %s: %s", _describe(job), outcome.error)
-        else:
-            log.warning("lost the lease of %s; its failure was dropped", _describe(job))
+        for outcome, status in zip(outcomes, statuses, strict=True):
+            job = outcome.job
+            if status == JobStatus.PENDING:
+                log.warning("retrying %s after: %s", _describe(job), outcome.error)
+            elif status == JobStatus.FAILED:
+                log.error("failed %s: %s", _describe(job), outcome.error)
+            else:
+                log.warning("lost the lease of %s; its failure was dropped", _describe(job))
 
     def _heartbeat(self) -> None:
         interval = max(0.2, self.settings.lease_s / 3)
