@@ -137,10 +137,14 @@ class Settings(BaseSettings):
     def blob_root(self) -> Path:
         return self.data_dir / "blobs"
 
-    def jwt_secret(self) -> str:
-        """The HS256 secret: Supabase's when configured, else a local one in the data folder."""
+    def jwt_secret(self) -> str | None:
+        """The HS256 secret: Supabase's when configured; none when tokens come from a JWKS
+        only (a local secret then would be a second, unmanaged way in); else a local one
+        kept in the data folder (the embedded default)."""
         if self.supabase_jwt_secret:
             return self.supabase_jwt_secret
+        if self.jwks_url:
+            return None
         secret_file = self.data_dir / "jwt-secret"
         if not secret_file.exists():
             self.data_dir.mkdir(parents=True, exist_ok=True)

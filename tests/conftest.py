@@ -128,6 +128,13 @@ def engine_settings(
         "upstream_backoff_max_s": 0.05,
         "upstream_rate_per_minute": 100_000,
         "upstream_rate_per_hour": 1_000_000,
+        # Named explicitly so a developer's shell (SUPABASE_URL, …) never sends a
+        # test's blobs or tokens anywhere real.
+        "blob_backend": "local",
+        "supabase_url": None,
+        "supabase_service_role_key": None,
+        "supabase_jwt_secret": None,
+        "jwks_url": None,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

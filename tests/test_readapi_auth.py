@@ -27,7 +27,7 @@ from opsdash.engine.db import Database
 from opsdash.engine.models import Company, UserProfile
 from opsdash.readapi.auth import TokenRejected, TokenVerifier
 from opsdash.readapi.errors import ServiceUnavailable
-from opsdash.readapi.tokens import InvalidLifetime, UnknownUser, mint_token
+from opsdash.readapi.tokens import InvalidLifetime, TokenError, UnknownUser, mint_token
 
 SECRET = "a-local-secret-that-is-long-enough-for-hs256"
 USER = uuid.uuid4()
@@ -257,3 +257,16 @@ def test_minting_for_an_unknown_or_shared_email_is_a_clear_error(
     add_user(db, "ok@example.com")
     with pytest.raises(InvalidLifetime):
         mint_token(settings, db, "ok@example.com", timedelta(0))
+
+
+def test_a_jwks_only_deployment_trusts_no_local_secret(db: Database, tmp_path: Path) -> None:
+    embedded = Settings(data_dir=tmp_path)
+    add_user(db, "tech@example.com")
+    local_token = mint_token(embedded, db, "tech@example.com", timedelta(hours=1))
+    jwks_only = Settings(data_dir=tmp_path, jwks_url="http://127.0.0.1:1/jwks.json")
+    verifier = TokenVerifier.from_settings(jwks_only)
+    assert "HS256" not in verifier.algorithms
+    with pytest.raises(TokenRejected):
+        verifier.verify(local_token)
+    with pytest.raises(TokenError, match="identity provider"):
+        mint_token(jwks_only, db, "tech@example.com", timedelta(hours=1))

@@ -195,3 +195,34 @@ def test_a_failed_reload_keeps_the_old_value_until_it_is_too_old() -> None:
             await cache.get("k")
 
     asyncio.run(main())
+
+
+def test_without_serve_stale_a_change_is_answered_at_once() -> None:
+    clock = Clock()
+    version = "old"
+    healthy = True
+
+    async def load(key: str) -> str:
+        if not healthy:
+            raise ConnectionError("database down")
+        return version
+
+    async def main() -> None:
+        nonlocal version, healthy
+        cache: RefreshingCache[str, str] = RefreshingCache(
+            load, fresh_s=1, max_stale_s=10, max_entries=10, serve_stale=False, clock=clock
+        )
+        assert await cache.get("k") == "old"
+        version = "new"
+        assert cache.peek("k") == "old"  # still fresh
+        clock.now += 2
+        assert cache.peek("k") is MISSING  # the fast path must not answer with it
+        assert await cache.get("k") == "new"  # the first request past the TTL waits
+        healthy = False
+        clock.now += 2
+        assert await cache.get("k") == "new"  # database down: the older value, within limits
+        clock.now += 9
+        with pytest.raises(ConnectionError):
+            await cache.get("k")
+
+    asyncio.run(main())

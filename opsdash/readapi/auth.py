@@ -2,7 +2,8 @@
 
 Accepted tokens:
 - HS256, signed with ``settings.jwt_secret()`` (the Supabase project's JWT secret,
-  or the local secret that ``opsdash token`` signs with in the embedded default);
+  or the local secret that ``opsdash token`` signs with in the embedded default; no
+  HS256 at all when only a JWKS is configured);
 - ES256 / RS256, when ``settings.jwks_url`` is set, with the key named by the
   token's ``kid`` from that JWKS. The set is cached for five minutes; an unknown
   ``kid`` refetches it (key rotation), at most once every few seconds so that

@@ -158,13 +158,15 @@ class SingleFlight(Generic[K, V]):
 
 
 class RefreshingCache(Generic[K, V]):
-    """Values loaded on demand and refreshed ahead: an old value is served while it reloads.
+    """Values loaded on demand, with one shared reload per key once ``fresh_s`` has passed.
 
-    When a hot entry merely expires, every request in flight would otherwise
-    wait for the reload together, and the whole server stutters once per TTL.
-    Here the first request past ``fresh_s`` starts one background reload and
-    still gets the current value; only a value older than ``max_stale_s`` (or
-    none at all) makes a request wait.
+    With ``serve_stale`` (refresh-ahead) the first request past ``fresh_s`` starts
+    one background reload and still gets the current value: when a hot entry
+    merely expires, the requests in flight don't all wait for it together.
+    Without it, requests past ``fresh_s`` wait for that one reload, so a change
+    is never answered late (and then cached by a browser for its max-age).
+    Either way, when a reload fails (the database is down) a value younger than
+    ``max_stale_s`` is still served.
     """
 
     def __init__(
@@ -174,10 +176,12 @@ class RefreshingCache(Generic[K, V]):
         fresh_s: float,
         max_stale_s: float,
         max_entries: int,
+        serve_stale: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._load = load
         self.fresh_s = fresh_s
+        self._serve_stale = serve_stale
         self._clock = clock
         self._entries: LruCache[K, tuple[float, V]] = LruCache(
             max_entries=max_entries, ttl_s=max(fresh_s, max_stale_s), clock=clock
@@ -191,6 +195,8 @@ class RefreshingCache(Generic[K, V]):
             return MISSING
         loaded_at, value = entry
         if self._clock() - loaded_at > self.fresh_s:
+            if not self._serve_stale:
+                return MISSING
             reload = self._loads.start(key, lambda: self._load_and_keep(key))
             reload.add_done_callback(lambda done: _log_failed_refresh(key, done))
         return value
@@ -199,7 +205,14 @@ class RefreshingCache(Generic[K, V]):
         value = self.peek(key)
         if value is not MISSING:
             return value
-        return await self._loads.run(key, lambda: self._load_and_keep(key))
+        try:
+            return await self._loads.run(key, lambda: self._load_and_keep(key))
+        except Exception as error:
+            entry = self._entries.get(key)  # kept until max_stale_s
+            if entry is MISSING:
+                raise
+            log.warning("reloading %r failed, serving the older value: %s", key, error)
+            return entry[1]
 
     def drop(self, key: K) -> None:
         self._entries.drop(key)

@@ -111,6 +111,9 @@ class ScheduleService:
                 fresh_s=policy.schedule_ttl_s,
                 max_stale_s=policy.max_stale_s,
                 max_entries=policy.schedule_cache_entries,
+                # A new sync must show at once: never answer with the previous day
+                # (and its ETag) once the metadata TTL is up.
+                serve_stale=False,
             )
         )
         self._documents: LruCache[str, dict[str, Any]] = LruCache(

@@ -49,7 +49,13 @@ def mint_token(settings: Settings, db: Database, email: str, ttl: timedelta) -> 
         claims["aud"] = settings.jwt_audience
     if settings.jwt_issuer:
         claims["iss"] = settings.jwt_issuer
-    return jwt.encode(claims, settings.jwt_secret(), algorithm="HS256")
+    secret = settings.jwt_secret()
+    if secret is None:
+        raise TokenError(
+            "tokens come from the identity provider here (OPSDASH_JWKS_URL is set and no "
+            "SUPABASE_JWT_SECRET): sign in through it instead"
+        )
+    return jwt.encode(claims, secret, algorithm="HS256")
 
 
 def _profile_by_email(db: Database, email: str) -> UserProfile:
