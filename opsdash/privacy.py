@@ -108,6 +108,18 @@ def toggle_is_on(toggles: Mapping[str, Any], name: str) -> bool:
     return toggles.get(name) is True
 
 
+def toggle_reading(toggles: Mapping[str, Any], name: str) -> bool:
+    """Whether the privacy view treats toggle ``name`` as on, missing values included.
+
+    For the display toggles a missing value reads as off; for the one hide toggle
+    (discounts) as on, since both fail closed. The console's toggle editor shows
+    exactly this reading.
+    """
+    if name == HIDE_DISCOUNTS:
+        return toggles.get(name) is not False
+    return toggle_is_on(toggles, name)
+
+
 def _shows_discounts(toggles: Mapping[str, Any]) -> bool:
     # The one "hide" toggle: discounts show only on an explicit False.
     return toggles.get(HIDE_DISCOUNTS) is False

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event
 
+from opsdash import privacy
 from opsdash.engine import companies, queries
 from opsdash.engine.db import Database
 from opsdash.engine.models import (
@@ -310,10 +311,14 @@ def test_toggle_overrides_are_saved_and_layered_over_upstream(db: Database) -> N
     wanted = {
         "TechDashboard_DisplayBillRate": False,  # differs: an override
         "TechDashboard_HideDiscounts": True,  # same as upstream: no override
-        "TechDashboard_DisplayCustomerEmails": False,  # missing upstream means off: no override
+        "TechDashboard_DisplayCustomerEmails": False,  # missing upstream: stored explicitly
     }
     overrides = companies.overrides_for(upstream, wanted)
-    assert overrides == {"TechDashboard_DisplayBillRate": False}
+    assert overrides == {
+        "TechDashboard_DisplayBillRate": False,
+        "TechDashboard_DisplayCustomerEmails": False,
+    }
+    overrides.pop("TechDashboard_DisplayCustomerEmails")
     companies.set_toggle_overrides(db, owner.id, overrides)
     toggles = queries.company_toggles(db, owner.id)
     assert toggles is not None
@@ -368,3 +373,27 @@ def test_refresh_queries_never_scan_the_whole_jobs_table(db: Database, two_compa
             details = [row[-1] for row in plan]
             full_scans = [d for d in details if re.fullmatch(r"SCAN background_jobs( AS \w+)?", d)]
             assert not full_scans, f"{statement}\n{details}"
+
+
+def test_discounts_can_be_shown_when_the_upstream_omits_the_hide_toggle() -> None:
+    """A missing HideDiscounts reads as hidden; switching it off must actually show them."""
+    upstream: dict[str, object] = {}
+    assert privacy.toggle_reading(upstream, privacy.HIDE_DISCOUNTS) is True
+    overrides = companies.overrides_for(upstream, {privacy.HIDE_DISCOUNTS: False})
+    assert overrides == {privacy.HIDE_DISCOUNTS: False}
+    effective = {**upstream, **overrides}
+    assert privacy.toggle_reading(effective, privacy.HIDE_DISCOUNTS) is False
+    job = {
+        "jobId": "1",
+        "discounts": [{"description": "x", "amount": 5}],
+        "employeeSchedules": [{"EmployeeInformationId": "E1"}],
+    }
+    document = {"companyId": "c", "jobs": [job], "employees": [], "teams": []}
+
+    def technician_view(toggles: dict[str, object]) -> dict:
+        return privacy.schedule_view(
+            document, role="technician", employee_id="E1", toggles=toggles, company_id="c"
+        )
+
+    assert "discounts" not in technician_view(upstream)["jobs"][0]
+    assert technician_view(effective)["jobs"][0]["discounts"]

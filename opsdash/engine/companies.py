@@ -61,9 +61,10 @@ def overrides_for(upstream: Mapping[str, object], wanted: Mapping[str, bool]) ->
 
     Only toggles that differ from what the upstream reports are kept, so a toggle
     the operator left alone keeps following the upstream. A toggle the upstream
-    does not report counts as off (the privacy view's fail-closed reading).
+    does not report (or reports as a non-boolean) is always stored explicitly:
+    its meaning would otherwise depend on how the privacy view reads a gap.
     """
-    return {name: value for name, value in wanted.items() if (upstream.get(name) is True) != value}
+    return {name: value for name, value in wanted.items() if upstream.get(name) is not value}
 
 
 def set_toggle_overrides(

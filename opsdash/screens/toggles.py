@@ -18,7 +18,7 @@ from textual.widgets import Button, Label, Static, Switch
 
 from opsdash.engine.companies import overrides_for
 from opsdash.engine.queries import CompanyToggles
-from opsdash.privacy import PRIVACY_TOGGLES
+from opsdash.privacy import PRIVACY_TOGGLES, toggle_reading
 
 TOGGLE_PREFIX = "TechDashboard_"
 
@@ -68,7 +68,7 @@ class TogglesScreen(ModalScreen[dict[str, bool] | None]):
                 for name in self.names:
                     with Horizontal(classes="toggle-row"):
                         yield Switch(
-                            value=effective.get(name) is True,
+                            value=toggle_reading(effective, name),
                             id=_switch_id(name),
                             name=name,
                         )
@@ -81,7 +81,10 @@ class TogglesScreen(ModalScreen[dict[str, bool] | None]):
 
     def _upstream_note(self, name: str) -> Text:
         upstream = self.toggles.upstream.get(name)
-        shown = "on" if upstream is True else "off" if upstream is False else "unset (off)"
+        if isinstance(upstream, bool):
+            shown = "on" if upstream else "off"
+        else:
+            shown = f"unset (reads {'on' if toggle_reading({}, name) else 'off'})"
         note = Text(f"upstream {shown}", style="dim")
         if name in self.toggles.overrides:
             note.append(" · overridden", style="bold")
