@@ -322,3 +322,22 @@ def test_fail_with_a_given_delay(db: Database) -> None:
     [job] = queue.claim(db, worker, lease_s=LEASE, now=T0)
     queue.fail(db, job, worker, "boom", retry_base_s=10, delay_s=42, now=T0)
     assert load(db, job.id).scheduled_at == T0 + timedelta(seconds=42)
+
+
+def test_complete_many_reports_only_the_jobs_still_owned(db: Database) -> None:
+    company = add_company(db)
+    queue.enqueue(db, week(company), now=T0)
+    dead, alive = queue.new_worker_id(), queue.new_worker_id()
+    batch = queue.claim(db, dead, lease_s=LEASE, now=T0)
+    assert len(batch) == 7
+    with db.write() as conn:  # one day's lease expired and another worker took it over
+        conn.execute(
+            update(BackgroundJob.__table__)
+            .where(BackgroundJob.__table__.c.id == batch[0].id)
+            .values(locked_by=alive)
+        )
+    done = [(job, {"n": index}) for index, job in enumerate(batch)]
+    owned = queue.complete_many(db, done, dead, now=T0 + timedelta(seconds=1))
+    assert set(owned) == {job.id for job in batch[1:]}
+    assert load(db, batch[0].id).status == JobStatus.RUNNING
+    assert load(db, batch[3].id).result == {"n": 3}

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, delete, or_, select, update
 
 from opsdash.engine.db import Database
 from opsdash.engine.models import (
@@ -295,26 +295,51 @@ def complete_many(
     *,
     now: datetime | None = None,
 ) -> list[uuid.UUID]:
-    """Complete a batch in one transaction; returns the ids this worker still owned."""
+    """Complete a batch in one transaction; returns the ids this worker still owned.
+
+    One statement executed for every job (a single pipelined round trip on
+    Postgres); only when some job's lease was lost does it look up which.
+    """
     now = now or utcnow()
-    completed: list[uuid.UUID] = []
+    if not done:
+        return []
+    statement = (
+        update(JOBS)
+        .where(
+            C.id == bindparam("job_id"),
+            C.locked_by == worker_id,
+            C.attempts == bindparam("attempt"),
+            C.status == JobStatus.RUNNING,
+        )
+        .values(
+            status=JobStatus.COMPLETED,
+            result=bindparam("job_result", type_=C.result.type),
+            error_message=None,
+            completed_at=now,
+            duration_ms=bindparam("duration"),
+            lease_expires_at=None,
+        )
+    )
+    rows = [
+        {
+            "job_id": job.id,
+            "attempt": job.attempts,
+            "job_result": result or {},
+            "duration": _duration_ms(job, now),
+        }
+        for job, result in done
+    ]
+    ids = [job.id for job, _ in done]
     with db.write() as conn:
-        for job, result in done:
-            outcome = conn.execute(
-                update(JOBS)
-                .where(_fenced(job, worker_id))
-                .values(
-                    status=JobStatus.COMPLETED,
-                    result=result or {},
-                    error_message=None,
-                    completed_at=now,
-                    duration_ms=_duration_ms(job, now),
-                    lease_expires_at=None,
-                )
+        completed = conn.execute(statement, rows).rowcount
+        if completed == len(done):
+            return ids
+        mine = conn.execute(
+            select(C.id).where(
+                C.id.in_(ids), C.status == JobStatus.COMPLETED, C.completed_at == now
             )
-            if outcome.rowcount == 1:
-                completed.append(job.id)
-    return completed
+        ).scalars()
+        return list(mine)
 
 
 def backoff_delay_s(attempt: int, base_s: float, rng: random.Random | None = None) -> float:
