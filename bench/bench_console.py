@@ -18,23 +18,21 @@ import argparse
 import asyncio
 import hashlib
 import random
-import secrets
 import statistics
 import sys
 import tempfile
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-import psycopg
+from backends import postgres_url
 from sqlalchemy import Table, insert
 from textual.message import Message
 from textual.pilot import Pilot
@@ -67,7 +65,6 @@ from opsdash.screens.log import LogScreen
 from opsdash.screens.preview import PreviewScreen
 from opsdash.screens.toggles import TogglesScreen
 
-PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 COMPANIES = 150
 DAYS_AHEAD = 7
 SCHEDULE_JOBS = COMPANIES * DAYS_AHEAD
@@ -473,18 +470,6 @@ def time_queries(db: Database) -> dict[str, float]:
 
 
 # --- backends -----------------------------------------------------------------------------
-
-
-@contextmanager
-def postgres_url() -> Iterator[str]:
-    schema = f"opsdash_bench_{secrets.token_hex(4)}"
-    with psycopg.connect(PG_DSN, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/test?options=-csearch_path%3D{schema}"
-    finally:
-        with psycopg.connect(PG_DSN, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 @dataclass

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import secrets
 import statistics
 import subprocess
 import sys
@@ -25,33 +24,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-import psycopg
+from backends import postgres_url, sqlite_url
 
 from opsdash.config import Settings
 from opsdash.engine import coordinator
 from opsdash.engine.db import Database, connect, create_schema
 from opsdash.engine.models import Company
 from opsdash.engine.runtime import Engine
-
-PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
-
-
-@contextmanager
-def postgres_url() -> Iterator[str]:
-    schema = f"opsdash_bench_{secrets.token_hex(4)}"
-    with psycopg.connect(PG_DSN, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/test?options=-csearch_path%3D{schema}"
-    finally:
-        with psycopg.connect(PG_DSN, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-
-
-@contextmanager
-def sqlite_url() -> Iterator[str]:
-    with tempfile.TemporaryDirectory() as folder:
-        yield f"sqlite:///{folder}/bench.db"
 
 
 class ExternalDemo:
@@ -95,7 +74,7 @@ class ExternalDemo:
         self.process.wait(timeout=10)
 
 
-def backends() -> Iterator[tuple[str, contextmanager]]:
+def both_backends() -> Iterator[tuple[str, contextmanager]]:
     yield "sqlite", sqlite_url
     yield "postgres", postgres_url
 
@@ -121,7 +100,7 @@ def seed_companies(db: Database, count: int) -> None:
 
 def bench_enqueue(companies: int = 1000, repeats: int = 5) -> None:
     print(f"\n== enqueue one sync run: {companies} companies, {companies * 7 + 1} jobs ==")
-    for name, make_url in backends():
+    for name, make_url in both_backends():
         first, again = [], []
         for _ in range(repeats):
             with make_url() as url:
@@ -200,7 +179,7 @@ def bench_drain(companies: int = 100, latency_ms: float = 150.0, workers: int = 
 def bench_throughput(companies: int = 200, workers: int = 4) -> None:
     jobs = companies * 7 + 1
     print(f"\n== throughput: {jobs} jobs, upstream latency 0 ms, {workers} workers ==")
-    for name, make_url in backends():
+    for name, make_url in both_backends():
         with (
             make_url() as url,
             ExternalDemo(companies) as upstream,

@@ -9,6 +9,12 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from opsdash.privacy import (
+    ALWAYS_HIDDEN_JOB_FIELDS,
+    RATE_FIELD_TOGGLES,
+    TECHNICIAN_JOB_FIELDS,
+)
+
 HIDDEN = "hidden"
 
 RATE_FIELDS = (
@@ -24,23 +30,13 @@ NOTE_FIELDS = (
     ("accessInformation", "access"),
     ("internalMemo", "memo"),
 )
-CARD_FIELDS = frozenset(
-    {
-        "jobId",
-        "date",
-        "startTime",
-        "endTime",
-        "status",
-        "serviceType",
-        "customerName",
-        "address",
-        "teamIds",
-        "employeeSchedules",
-        "contactInfo",
-        "discounts",
-        *(field for field, _ in RATE_FIELDS),
-        *(field for field, _ in NOTE_FIELDS),
-    }
+# Every field of a full job: what the privacy view may show a technician, what its
+# toggles can remove, and what it always removes.
+CARD_FIELDS = (
+    TECHNICIAN_JOB_FIELDS
+    | RATE_FIELD_TOGGLES.keys()
+    | {"contactInfo", "discounts"}
+    | ALWAYS_HIDDEN_JOB_FIELDS
 )
 
 
