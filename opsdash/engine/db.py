@@ -23,6 +23,7 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    inspect,
     select,
     text,
 )
@@ -30,7 +31,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlmodel import Session, SQLModel
 
-from opsdash.engine import models  # noqa: F401  (registers the tables on the metadata)
+from opsdash.engine import models  # registers the tables on the metadata
 from opsdash.engine.models import BackgroundJob
 from opsdash.engine.sqltypes import SQLITE_DATETIME_FORMAT
 
@@ -274,6 +275,7 @@ ALTER TABLE schedule_data ALTER COLUMN id SET DEFAULT gen_random_uuid();
 def create_schema(db: Database) -> None:
     """Create missing tables and indexes; safe to run on every start."""
     SQLModel.metadata.create_all(db.engine)
+    _add_maidcentral_user_id(db)
     if db.is_postgres:
         with db.write() as conn:
             # ALTER TABLE locks the table: only when the defaults are not there yet.
@@ -290,3 +292,22 @@ def create_schema(db: Database) -> None:
 
 def job_columns() -> list[Any]:
     return list(BackgroundJob.__table__.columns)  # type: ignore[attr-defined]
+
+
+def _add_maidcentral_user_id(db: Database) -> None:
+    """``user_profiles.maidcentral_user_id`` on a database made before the column existed.
+
+    Until then a profile's id *was* the upstream ``UserId``, so the backfill copies it.
+    """
+    with db.write() as conn:
+        columns = {column["name"] for column in inspect(conn).get_columns("user_profiles")}
+        if "maidcentral_user_id" in columns:
+            return
+        column = models.UserProfile.__table__.c.maidcentral_user_id  # type: ignore[attr-defined]
+        kind = column.type.compile(dialect=db.engine.dialect)
+        conn.exec_driver_sql(f"ALTER TABLE user_profiles ADD COLUMN maidcentral_user_id {kind}")
+        conn.exec_driver_sql("UPDATE user_profiles SET maidcentral_user_id = id")
+        conn.exec_driver_sql(
+            "CREATE UNIQUE INDEX IF NOT EXISTS user_profiles_maidcentral_user_id "
+            "ON user_profiles (maidcentral_user_id)"
+        )

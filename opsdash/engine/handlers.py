@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, delete, or_, select
 from tzlocal.windows_tz import win_tz
 
-from opsdash.engine import coordinator, queue
+from opsdash.engine import auth_users, coordinator, queue
 from opsdash.engine.blobs import BlobStore, InvalidBlobPath, schedule_path, sha256_hex
 from opsdash.engine.db import Database
 from opsdash.engine.models import BackgroundJob, Company, JobType, Role, ScheduleData, UserProfile
@@ -62,6 +62,8 @@ class HandlerContext:
     days_ahead: int = 7
     max_attempts: int = 3
     on_enqueued: Callable[[], None] = lambda: None
+    # Supabase mode: the users sync also maintains the Auth users (see auth_users.py).
+    auth: auth_users.AuthAdmin | None = None
 
 
 def run(context: HandlerContext, jobs: Sequence[BackgroundJob]) -> list[Outcome]:
@@ -319,6 +321,8 @@ def sync_users(context: HandlerContext, job: BackgroundJob) -> Outcome:
     now = utcnow()
     summary = _UsersResult()
     directory = _read_directory(upstream_companies, now, summary)
+    if context.auth is not None:
+        return _sync_users_with_auth(context, context.auth, job, directory, now, summary)
     # One transaction for the whole directory: a crash mid-way changes nothing.
     with context.db.write() as conn:
         company_ids = _upsert_companies(context.db, conn, directory, now, summary)
@@ -326,6 +330,65 @@ def sync_users(context: HandlerContext, job: BackgroundJob) -> Outcome:
     if summary.new_companies:
         summary.queued = _queue_new_companies(context, summary.new_companies)
     return Outcome(job, True, summary.__dict__)
+
+
+def _sync_users_with_auth(
+    context: HandlerContext,
+    auth: auth_users.AuthAdmin,
+    job: BackgroundJob,
+    directory: list[_UpstreamCompany],
+    now: datetime,
+    summary: _UsersResult,
+) -> Outcome:
+    """Companies, then the Auth users, then the profiles keyed by Auth id.
+
+    No transaction is held open across the admin calls (thousands of them would block
+    every SQLite writer); each step is idempotent, so a crash in between is repaired by
+    the next run. The Auth listing comes first: without it nothing is changed.
+    """
+    try:
+        listing = auth.list_all()
+    except auth_users.AuthAdminError as error:
+        message = f"listing Supabase Auth users failed: {error}"
+        return Outcome(job, False, error=message, retryable=error.retryable)
+    with context.db.write() as conn:
+        company_ids = _upsert_companies(context.db, conn, directory, now, summary)
+    wanted = [
+        auth_users.WantedUser(
+            maidcentral_user_id=user["maidcentral_user_id"],
+            email=user["email"],
+            company_id=company_ids[company.service_id],
+            service_company_id=company.service_id,
+            role=user["role"],
+            employee_information_id=user["employee_information_id"],
+        )
+        for company in directory
+        for user in company.users
+    ]
+    result = auth_users.reconcile(auth, listing, wanted, _linked_profiles(context.db))
+    with context.db.write() as conn:
+        _replace_profiles(
+            context.db,
+            conn,
+            directory,
+            company_ids,
+            now,
+            summary,
+            profile_ids=result.profile_ids,
+            kept=result.kept,
+        )
+    if summary.new_companies:
+        summary.queued = _queue_new_companies(context, summary.new_companies)
+    if result.aborted:
+        return Outcome(job, False, error=f"{result.aborted}; {result.failed} users not in step")
+    return Outcome(job, True, {**summary.__dict__, "auth_users": result.summary()})
+
+
+def _linked_profiles(db: Database) -> dict[uuid.UUID, uuid.UUID]:
+    """Upstream UserId → profile id, for every profile."""
+    with db.read() as conn:
+        rows = conn.execute(select(PROFILES.c.maidcentral_user_id, PROFILES.c.id))
+        return {upstream_id: profile_id for upstream_id, profile_id in rows if upstream_id}
 
 
 @dataclass
@@ -452,6 +515,7 @@ def _profile_row(user: Any, now: datetime) -> dict[str, Any] | str:
     )
     return {
         "id": user_id,
+        "maidcentral_user_id": user_id,
         "role": str(role),
         "employee_information_id": str(employee_id) if employee_id not in (None, "") else None,
         "email": str(record["email"]).lower() if record.get("email") else None,
@@ -467,13 +531,29 @@ def _replace_profiles(
     company_ids: dict[str, uuid.UUID],
     now: datetime,
     summary: _UsersResult,
+    *,
+    profile_ids: Mapping[uuid.UUID, uuid.UUID] | None = None,
+    kept: Iterable[uuid.UUID] = (),
 ) -> None:
-    """Upsert every listed user; remove the profiles the upstream no longer lists (fail closed)."""
+    """Upsert every listed user; remove the profiles the upstream no longer lists (fail closed).
+
+    ``profile_ids`` (Supabase mode) maps an upstream UserId to its Auth id, the profile's
+    id; a user missing from it has no Auth user and gets no profile. Without it the
+    profile id is the upstream UserId. ``kept`` are upstream ids whose existing profile
+    stays although their Auth call failed this run.
+    """
     rows = [
         {**user, "company_id": company_ids[company.service_id]}
         for company in directory
         for user in company.users
     ]
+    if profile_ids is not None:
+        rows = [
+            {**row, "id": profile_ids[row["maidcentral_user_id"]]}
+            for row in rows
+            if row["maidcentral_user_id"] in profile_ids
+        ]
+    _unlink_moved_profiles(conn, rows)
     for chunk in _chunks(rows, 500):
         insert = db.insert(PROFILES).values(chunk)
         conn.execute(
@@ -482,11 +562,17 @@ def _replace_profiles(
                 set_={key: insert.excluded[key] for key in chunk[0] if key != "id"},
             )
         )
+    for chunk in _chunks(list(kept), 500):
+        conn.execute(
+            PROFILES.update()
+            .where(PROFILES.c.maidcentral_user_id.in_(chunk))
+            .values(updated_at=now)
+        )
     # Every profile listed this run was just stamped with ``now``; the rest, including
     # those of companies the upstream no longer lists, lose access (fail closed). An
     # empty directory is far more likely an upstream fault than everyone leaving.
     removed = 0
-    if rows:
+    if rows or kept:
         removed = conn.execute(
             delete(PROFILES).where(
                 or_(PROFILES.c.updated_at.is_(None), PROFILES.c.updated_at < now)
@@ -494,6 +580,21 @@ def _replace_profiles(
         ).rowcount
     summary.profiles = len(rows)
     summary.removed_profiles = removed
+
+
+def _unlink_moved_profiles(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """Drop a profile whose upstream user now maps to another id (the unique key would clash)."""
+    wanted = {row["maidcentral_user_id"]: row["id"] for row in rows}
+    moved: list[uuid.UUID] = []
+    for chunk in _chunks(list(wanted), 500):
+        found = conn.execute(
+            select(PROFILES.c.id, PROFILES.c.maidcentral_user_id).where(
+                PROFILES.c.maidcentral_user_id.in_(chunk)
+            )
+        )
+        moved += [profile for profile, upstream in found if wanted[upstream] != profile]
+    for chunk in _chunks(moved, 500):
+        conn.execute(delete(PROFILES).where(PROFILES.c.id.in_(chunk)))
 
 
 def _queue_new_companies(context: HandlerContext, service_ids: list[str]) -> int:

@@ -165,9 +165,17 @@ class ScheduleData(SQLModel, table=True):
 
 
 class UserProfile(SQLModel, table=True):
+    """A portal user. ``id`` is the Supabase Auth user's id (the token's ``sub``);
+    ``maidcentral_user_id`` is the upstream ``UserId``. The two are equal for users
+    opsdash created, and differ for Auth users adopted from an earlier system."""
+
     __tablename__ = "user_profiles"
+    __table_args__ = (
+        Index("user_profiles_maidcentral_user_id", "maidcentral_user_id", unique=True),
+    )
 
     id: uuid.UUID = Field(primary_key=True)
+    maidcentral_user_id: uuid.UUID | None = None
     company_id: uuid.UUID | None = Field(
         default=None, foreign_key="companies.id", index=True, ondelete="CASCADE"
     )

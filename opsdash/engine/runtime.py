@@ -20,6 +20,7 @@ from sqlalchemy import func, select
 
 from opsdash.config import Mode, Settings
 from opsdash.engine import coordinator, queue
+from opsdash.engine.auth_users import AuthAdmin
 from opsdash.engine.blobs import BlobStore, LocalBlobStore, SupabaseBlobStore
 from opsdash.engine.db import Database, connect, create_schema
 from opsdash.engine.handlers import HandlerContext
@@ -44,6 +45,17 @@ def open_blob_store(settings: Settings) -> BlobStore:
         store.ensure_bucket()
         return store
     return LocalBlobStore(settings.blob_root)
+
+
+def open_auth_admin(settings: Settings) -> AuthAdmin | None:
+    """Supabase Auth's admin API when a Supabase project is configured; else no Auth users.
+
+    The portal signs users in through Supabase Auth, so with a project URL and its
+    service role key the users sync maintains ``auth.users`` too.
+    """
+    if settings.supabase_url and settings.supabase_service_role_key:
+        return AuthAdmin(settings.supabase_url, settings.supabase_service_role_key)
+    return None
 
 
 @dataclass(frozen=True)
@@ -73,6 +85,7 @@ class Engine:
         self.demo: DemoUpstream | None = None
         self._stop_event = threading.Event()
         self.upstream = self._open_upstream()
+        self.auth = open_auth_admin(settings)
         self.context = HandlerContext(
             db=self.db,
             blobs=self.blobs,
@@ -80,6 +93,7 @@ class Engine:
             days_ahead=settings.days_ahead,
             max_attempts=settings.max_attempts,
             on_enqueued=self.wake_workers,
+            auth=self.auth,
         )
         self.pool: WorkerPool | None = None
         self.scheduler: BackgroundScheduler | None = None
@@ -169,6 +183,8 @@ class Engine:
             self.pool.stop()
             self.pool = None
         self.upstream.close()
+        if self.auth is not None:
+            self.auth.close()
         self.blobs.close()
         if self.demo is not None:
             self.demo.stop()

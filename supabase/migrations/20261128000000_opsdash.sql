@@ -90,13 +90,27 @@ create table if not exists user_profiles (
     employee_information_id varchar,
     email varchar,
     full_name varchar,
-    updated_at timestamptz default now()
+    updated_at timestamptz default now(),
+    maidcentral_user_id uuid
 );
 alter table user_profiles add column if not exists email varchar;
 alter table user_profiles add column if not exists full_name varchar;
 alter table user_profiles add column if not exists updated_at timestamptz default now();
+-- The upstream UserId; the profile id is the Supabase Auth user's id. Profiles made before
+-- this column existed were keyed by the upstream id, hence the backfill.
+do $$
+begin
+    if not exists (select 1 from information_schema.columns where table_schema = current_schema()
+                   and table_name = 'user_profiles' and column_name = 'maidcentral_user_id') then
+        alter table user_profiles add column maidcentral_user_id uuid;
+        update user_profiles set maidcentral_user_id = id;
+    end if;
+end
+$$;
 create index if not exists ix_user_profiles_company_id on user_profiles (company_id);
 create index if not exists ix_user_profiles_email on user_profiles (email);
+create unique index if not exists user_profiles_maidcentral_user_id
+    on user_profiles (maidcentral_user_id);
 
 -- Row level security: opsdash connects as the service role (which bypasses RLS); a
 -- signed-in portal user may read only their own profile. Schedules are served by
