@@ -142,7 +142,7 @@ class AuthAdmin:
     def _call(self, action: Callable[[], Any]) -> Any:
         retrying = Retrying(
             stop=stop_after_attempt(self._attempts),
-            wait=wait_exponential_jitter(initial=0.1, max=self._max_backoff_s),
+            wait=wait_exponential_jitter(multiplier=0.1, max=self._max_backoff_s, jitter=0.1),
             retry=retry_if_exception(lambda e: isinstance(e, AuthAdminError) and e.retryable),
             reraise=True,
         )
