@@ -554,13 +554,17 @@ def _replace_profiles(
             if row["maidcentral_user_id"] in profile_ids
         ]
     _unlink_moved_profiles(conn, rows)
-    for chunk in _chunks(rows, 500):
-        insert = db.insert(PROFILES).values(chunk)
+    if rows:
+        # One statement compiled once and executed for every row (SQLAlchemy batches the
+        # rows into multi-row VALUES itself); a literal multi-row VALUES per chunk spent
+        # most of a 20,000-user sync compiling SQL.
+        insert = db.insert(PROFILES)
         conn.execute(
             insert.on_conflict_do_update(
                 index_elements=["id"],
-                set_={key: insert.excluded[key] for key in chunk[0] if key != "id"},
-            )
+                set_={key: insert.excluded[key] for key in rows[0] if key != "id"},
+            ),
+            rows,
         )
     for chunk in _chunks(list(kept), 500):
         conn.execute(
