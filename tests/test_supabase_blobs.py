@@ -33,6 +33,7 @@ from opsdash.engine.blobs import (
 from opsdash.engine.models import BackgroundJob, JobStatus, ScheduleData
 from opsdash.engine.runtime import Engine
 from tests.conftest import engine_settings
+from tests.supabase_auth_server import SupabaseAuthStandIn
 from tests.supabase_storage_server import SupabaseStorageStandIn
 
 JWT_SECRET = "stand-in-project-jwt-secret-with-32-bytes-or-more"
@@ -367,12 +368,15 @@ def test_storage_down_or_failing_is_unavailable(
 def test_engine_sync_stores_every_company_day_in_supabase_storage(
     db_url: str, tmp_path: Path, demo_upstream: DemoUpstream, storage: SupabaseStorageStandIn
 ) -> None:
+    # A Supabase project answers Auth too: the users sync maintains the portal's Auth users.
+    project = SupabaseAuthStandIn(JWT_SECRET, storage=storage)
+    project.start()
     settings = engine_settings(
         db_url,
         tmp_path / "data",
         demo_upstream.url,
         blob_backend="supabase",
-        supabase_url=storage.url,
+        supabase_url=project.url,
         supabase_service_role_key=storage.service_role_key,
     )
     engine = Engine(settings)
@@ -388,6 +392,7 @@ def test_engine_sync_stores_every_company_day_in_supabase_storage(
         engine.stop()
         if isinstance(engine.blobs, SupabaseBlobStore):
             engine.blobs.close()
+        project.stop()
 
     assert statuses == {JobStatus.COMPLETED}
     companies = len(demo_upstream.world.service_company_ids)
