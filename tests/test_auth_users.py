@@ -260,6 +260,17 @@ def test_two_upstream_users_with_one_email_fail_instead_of_sharing_a_login(
     assert result["auth_users"]["failed"] == 1
     assert len(profiles(db)) == 1
 
+    # Listed first next time, the newcomer still cannot take over ann's login.
+    directory.companies.reverse()
+    ok, result, _ = run_sync(db, directory, auth)
+    assert ok and result["auth_users"]["failed"] == 1
+    assert (
+        "belongs to the Auth user of upstream user" in result["auth_users"]["failures"][0]["reason"]
+    )
+    [profile] = profiles(db).values()
+    assert profile.id == profile.maidcentral_user_id == upstream_id("ann")
+    assert auth.users[upstream_id("ann")].app_metadata["role"] == "admin"
+
 
 def test_auth_unreachable_changes_nothing_and_the_job_retries(db, directory, auth) -> None:
     directory.companies = [company(1001, [user("ann", ["Administrator"])])]

@@ -267,6 +267,8 @@ def reconcile(
     by_id = {user.id: user for user in listing}
     by_email = {user.email: user for user in by_id.values() if user.email}
     claimed: dict[uuid.UUID, uuid.UUID] = {}  # Auth id → upstream id, within this run
+    listed = {str(user.maidcentral_user_id) for user in wanted}
+    profile_owner = {profile_id: upstream_id for upstream_id, profile_id in linked.items()}
     actions: list[_Action] = []
 
     def fail(email: str | None, reason: str) -> None:
@@ -286,7 +288,15 @@ def reconcile(
         current = current or by_id.get(mc_id)
         adopting = False
         if current is None and user.email in by_email:
-            current, adopting = by_email[user.email], True
+            candidate = by_email[user.email]
+            owner_id = profile_owner.get(candidate.id) or candidate.maidcentral_user_id
+            if owner_id is not None and str(owner_id) != str(mc_id) and str(owner_id) in listed:
+                # Another listed upstream user's login: taking it would lock them out.
+                fail(user.email, f"email belongs to the Auth user of upstream user {owner_id}")
+                if profile_id is not None:
+                    result.kept.add(mc_id)
+                continue
+            current, adopting = candidate, True
         auth_id = current.id if current else (profile_id or mc_id)
         if auth_id in claimed:
             fail(user.email, f"shares Auth user {auth_id} with upstream user {claimed[auth_id]}")
@@ -319,7 +329,6 @@ def reconcile(
             result.adopted += 1
 
     if wanted:  # an empty directory is more likely an upstream fault than everyone leaving
-        listed = {str(user.maidcentral_user_id) for user in wanted}
         for user in by_id.values():
             upstream_id = user.maidcentral_user_id
             departed = upstream_id is not None and upstream_id not in listed
