@@ -170,6 +170,8 @@ class AuthFaults:
     write_status: int | None = None
     # Every request, listing included, answers this status.
     status: int | None = None
+    # Every request takes at least this long (a server far away, or busy).
+    latency_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -221,6 +223,8 @@ class SupabaseAuthStandIn:
         self.faults = AuthFaults()
         self.users: dict[uuid.UUID, AuthUserRecord] = {}
         self.calls: Counter[tuple[str, str]] = Counter()
+        self.in_flight = 0
+        self.max_in_flight = 0  # the most requests ever served at once
         self._lock = threading.Lock()
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -301,6 +305,7 @@ class SupabaseAuthStandIn:
     def reset_counts(self) -> None:
         with self._lock:
             self.calls.clear()
+            self.max_in_flight = 0
 
     # -- routing ---------------------------------------------------------------------------
 
@@ -309,6 +314,17 @@ class SupabaseAuthStandIn:
         route = "admin/users" if len(parts) == 2 else "admin/users/{id}"
         with self._lock:
             self.calls[(request.method, route if parts[:2] == ["admin", "users"] else "other")] += 1
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.faults.latency_s:
+                time.sleep(self.faults.latency_s)
+            return self._handle(request, parts)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def _handle(self, request: Request, parts: list[str]) -> Reply:
         try:
             if self.faults.status is not None:
                 raise _fault(self.faults.status)

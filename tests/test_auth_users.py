@@ -297,6 +297,16 @@ def test_auth_failing_for_every_write_stops_early_and_keeps_access(db, directory
     assert profiles(db)["ann@example.com"].role == "office"
 
 
+def test_admin_calls_run_in_parallel_but_never_more_than_the_bound(db, directory, auth) -> None:
+    directory.companies = [
+        company(1001, [user(f"tech{n}", ["Employee"], f"E{n}") for n in range(40)])
+    ]
+    auth.faults.latency_s = 0.05  # long enough for calls to overlap
+    ok, result, _ = run_sync(db, directory, auth, concurrency=3)
+    assert ok and result["auth_users"]["created"] == 40
+    assert auth.max_in_flight == 3
+
+
 def test_paging_covers_every_auth_user(db, directory, auth) -> None:
     # More than a page of Auth users the earlier system made; the upstream lists the last.
     for n in range(PAGE_SIZE + 5):
