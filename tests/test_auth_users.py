@@ -15,7 +15,7 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 
 from opsdash.engine import handlers, queue
-from opsdash.engine.auth_users import PAGE_SIZE, AuthAdmin
+from opsdash.engine.auth_users import PAGE_SIZE, AuthAdmin, AuthAdminError
 from opsdash.engine.db import Database, create_schema
 from opsdash.engine.models import BackgroundJob, Company, UserProfile
 from opsdash.engine.upstream import MaidCentralClient, RateLimiter
@@ -385,3 +385,19 @@ def test_schema_upgrade_adds_and_backfills_the_upstream_id(db: Database) -> None
             text("INSERT INTO user_profiles (id, role, maidcentral_user_id) VALUES (:a, 'x', :b)"),
             {"a": other if db.is_postgres else other.hex, "b": as_stored},
         )
+
+
+def test_ping_tells_a_working_key_from_a_rejected_one(auth) -> None:
+    good = AuthAdmin(auth.url, auth.service_role_key, attempts=1)
+    user_key = AuthAdmin(auth.url, auth.mint_key("authenticated"), attempts=1)
+    forged = AuthAdmin(auth.url, "not-a-jwt", attempts=1)
+    try:
+        good.ping()
+        with pytest.raises(AuthAdminError, match="403 not_admin"):
+            user_key.ping()
+        with pytest.raises(AuthAdminError, match="403 bad_jwt") as rejected:
+            forged.ping()
+        assert not rejected.value.retryable
+    finally:
+        for admin in (good, user_key, forged):
+            admin.close()

@@ -168,6 +168,10 @@ class AuthAdmin:
                 return users
             page += 1
 
+    def ping(self) -> None:
+        """One small admin call: raises :class:`AuthAdminError` unless the key is accepted."""
+        self._call(lambda: self._api.list_users(page=1, per_page=1))
+
     def create(self, user_id: uuid.UUID, email: str, app_metadata: dict[str, Any]) -> AuthUser:
         attributes: AdminUserAttributes = {
             "id": str(user_id),
