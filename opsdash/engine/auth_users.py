@@ -26,18 +26,21 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
-from supabase_auth import SyncGoTrueAdminAPI
-from supabase_auth.errors import AuthError, AuthRetryableError
-from supabase_auth.types import AdminUserAttributes, User
 from tenacity import (
     Retrying,
     retry_if_exception,
     stop_after_attempt,
     wait_exponential_jitter,
 )
+
+if TYPE_CHECKING:
+    # supabase_auth is imported only when a Supabase project is configured: it takes about
+    # a second to import, which every process start (read API workers included) would pay.
+    from supabase_auth.errors import AuthError
+    from supabase_auth.types import AdminUserAttributes, User
 
 log = logging.getLogger("opsdash.auth_users")
 
@@ -101,6 +104,8 @@ def _auth_user(user: User, now: datetime) -> AuthUser:
 
 
 def _translate(error: AuthError) -> AuthAdminError:
+    from supabase_auth.errors import AuthRetryableError
+
     status = getattr(error, "status", 0) or 0
     retryable = isinstance(error, AuthRetryableError) or status == 429 or status >= 500
     code = getattr(error, "code", None)
@@ -134,12 +139,16 @@ class AuthAdmin:
             limits=httpx.Limits(max_connections=self.concurrency + 2),
             follow_redirects=True,
         )
+        from supabase_auth import SyncGoTrueAdminAPI
+
         headers = {"apikey": service_role_key, "Authorization": f"Bearer {service_role_key}"}
         self._api = SyncGoTrueAdminAPI(
             url=f"{self.url}/auth/v1", headers=headers, http_client=self._http
         )
 
     def _call(self, action: Callable[[], Any]) -> Any:
+        from supabase_auth.errors import AuthError
+
         retrying = Retrying(
             stop=stop_after_attempt(self._attempts),
             wait=wait_exponential_jitter(multiplier=0.1, max=self._max_backoff_s, jitter=0.1),
