@@ -222,6 +222,7 @@ class SupabaseAuthStandIn:
         self.storage = storage
         self.faults = AuthFaults()
         self.users: dict[uuid.UUID, AuthUserRecord] = {}
+        self._by_email: dict[str, uuid.UUID] = {}  # auth.users' unique email index
         self.calls: Counter[tuple[str, str]] = Counter()
         self.in_flight = 0
         self.max_in_flight = 0  # the most requests ever served at once
@@ -288,11 +289,13 @@ class SupabaseAuthStandIn:
         )
         with self._lock:
             self.users[record.id] = record
+            self._by_email[record.email] = record.id
         return record
 
     def by_email(self, email: str) -> AuthUserRecord | None:
         with self._lock:
-            return next((u for u in self.users.values() if u.email == email.lower()), None)
+            user_id = self._by_email.get(email.lower())
+            return self.users[user_id] if user_id else None
 
     def count(self, method: str | None = None, route: str | None = None) -> int:
         with self._lock:
@@ -347,6 +350,7 @@ class SupabaseAuthStandIn:
                         return self._update(request, user)
                     if request.method == "DELETE":
                         del self.users[user.id]
+                        self._by_email.pop(user.email, None)
                         return Reply.json({})
             raise AuthApiError(405, "method_not_allowed", "Method Not Allowed")
         except AuthApiError as error:
@@ -433,7 +437,7 @@ class SupabaseAuthStandIn:
         if not params.get("email"):
             raise AuthApiError(400, "validation_failed", "phone sign-ups are not imitated")
         email = self._email(params["email"])
-        if any(user.email == email for user in self.users.values()):
+        if email in self._by_email:
             raise AuthApiError(422, "email_exists", DUPLICATE_EMAIL)
         user_id = uuid.uuid4()
         if params.get("id"):
@@ -464,6 +468,7 @@ class SupabaseAuthStandIn:
             password_set=bool(params.get("password")),
         )
         self.users[record.id] = record
+        self._by_email[email] = record.id
         return Reply.json(record.json())
 
     def _update(self, request: Request, user: AuthUserRecord) -> Reply:
@@ -472,7 +477,7 @@ class SupabaseAuthStandIn:
         email = self._email(params["email"]) if params.get("email") else None
         ban_given, banned_until = self._ban(params.get("ban_duration"), now)
         self._check_faults(email or user.email)
-        taken = any(other.email == email for other in self.users.values() if other is not user)
+        taken = self._by_email.get(email or "", user.id) != user.id
         if email is not None and taken:
             raise AuthApiError(422, "email_exists", DUPLICATE_EMAIL)
         if params.get("role"):
@@ -480,7 +485,9 @@ class SupabaseAuthStandIn:
         if params.get("email_confirm"):
             user.email_confirmed_at = user.email_confirmed_at or now
         if email is not None:
+            self._by_email.pop(user.email, None)
             user.email = email
+            self._by_email[email] = user.id
         if params.get("app_metadata") is not None:
             user.app_metadata = _merge_metadata(user.app_metadata, params["app_metadata"])
         if params.get("user_metadata") is not None:
