@@ -8,11 +8,11 @@ Rules (DESIGN.md section 3, "Privacy"):
   *built* from allow-lists (job fields, contact fields, discount fields, employee
   and team fields), so a field the upstream or the transform adds tomorrow stays
   out of it until someone allows it here.
-- The company's effective toggles decide the optional fields. A toggle counts as
-  on only when it is the boolean ``True``; a missing toggle, ``null`` or any other
-  value counts as off. For the ``Display…`` toggles off means hidden; for
-  ``TechDashboard_HideDiscounts`` the discounts show only when it is ``False``.
-  Either way an unknown state hides the field (fail closed).
+- The company's effective toggles (:func:`effective_toggles`: the upstream's with
+  the operator's overrides on top) decide the optional fields, read by one rule,
+  :func:`toggle_reading`. A ``Display…`` toggle is on only when it is the boolean
+  ``True``; ``TechDashboard_HideDiscounts`` shows the discounts only when it is the
+  boolean ``False``. A missing, ``null`` or odd value hides the field (fail closed).
 - ``internalMemo`` and ``accessInformation`` are never in a technician's view.
 - A technician's ``employees`` and ``teams`` lists hold only the people and teams
   on the jobs they can see, so the view does not list the company's whole staff.
@@ -20,15 +20,26 @@ Rules (DESIGN.md section 3, "Privacy"):
 
 The view shares unchanged values (strings, lists it copies through) with the
 input document; neither is mutated.
+
+This module is imported by the engine, the read API and the console alike, so it
+imports nothing beyond the standard library (a test keeps it that way).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
-from opsdash.engine.models import Role
+
+class Role(StrEnum):
+    """The roles of ``user_profiles.role`` (the tables import it from here)."""
+
+    ADMIN = "admin"
+    OFFICE = "office"
+    TECHNICIAN = "technician"
+
 
 DISPLAY_BILL_RATE = "TechDashboard_DisplayBillRate"
 DISPLAY_FEE_SPLIT_RATE = "TechDashboard_DisplayFeeSplitRate"
@@ -111,18 +122,48 @@ def toggle_is_on(toggles: Mapping[str, Any], name: str) -> bool:
 def toggle_reading(toggles: Mapping[str, Any], name: str) -> bool:
     """Whether the privacy view treats toggle ``name`` as on, missing values included.
 
-    For the display toggles a missing value reads as off; for the one hide toggle
-    (discounts) as on, since both fail closed. The console's toggle editor shows
-    exactly this reading.
+    The one reading rule: for the display toggles a missing value reads as off; for
+    the one hide toggle (discounts) as on, since both fail closed. The view, the
+    console's toggle editor and :func:`overrides_for` all read toggles through it.
     """
     if name == HIDE_DISCOUNTS:
         return toggles.get(name) is not False
     return toggle_is_on(toggles, name)
 
 
+def effective_toggles(upstream: Any, overrides: Any) -> dict[str, Any]:
+    """The upstream's toggles with the operator's overrides on top.
+
+    The one home of this rule: the read API (through ``Company``) and the console
+    (through ``CompanyToggles``) both call it. Anything that is not a mapping (a
+    column holding ``null`` or a stray list) counts as no toggles at all.
+    """
+    layers = (layer for layer in (upstream, overrides) if isinstance(layer, Mapping))
+    return {str(name): value for layer in layers for name, value in layer.items()}
+
+
+def overrides_for(upstream: Mapping[str, Any], wanted: Mapping[str, bool]) -> dict[str, bool]:
+    """The fewest overrides that make every toggle in ``wanted`` read as wanted.
+
+    A toggle whose upstream value already reads as wanted (:func:`toggle_reading`,
+    gaps included) needs no override and keeps following the upstream; so wanting
+    exactly what the upstream gives yields ``{}``, "follow the upstream". The
+    stored value is the wanted reading itself, which is how a boolean reads.
+    """
+    return {
+        str(name): bool(value)
+        for name, value in wanted.items()
+        if toggle_reading(upstream, name) is not bool(value)
+    }
+
+
+def upstream_readings(upstream: Mapping[str, Any], names: Iterable[str]) -> dict[str, bool]:
+    """How each named toggle reads with no override: what "follow the upstream" shows."""
+    return {name: toggle_reading(upstream, name) for name in names}
+
+
 def _shows_discounts(toggles: Mapping[str, Any]) -> bool:
-    # The one "hide" toggle: discounts show only on an explicit False.
-    return toggles.get(HIDE_DISCOUNTS) is False
+    return not toggle_reading(toggles, HIDE_DISCOUNTS)
 
 
 def parse_role(role: str | Role) -> Role:

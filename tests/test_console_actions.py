@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 from rich.console import Console
 from rich.text import Text
@@ -26,9 +27,15 @@ from textual.widgets import Input, Static, Switch
 from opsdash.app import OpsdashApp, run_console
 from opsdash.demo.server import DemoUpstream
 from opsdash.engine import queries
-from opsdash.engine.models import BackgroundJob, Company, JobStatus
+from opsdash.engine.models import BackgroundJob, Company, JobStatus, ScheduleData
 from opsdash.engine.runtime import Engine
-from opsdash.privacy import ALWAYS_HIDDEN_JOB_FIELDS, DISPLAY_BILL_RATE
+from opsdash.privacy import (
+    ALWAYS_HIDDEN_JOB_FIELDS,
+    DISPLAY_BILL_RATE,
+    DISPLAY_CUSTOMER_EMAILS,
+    HIDE_DISCOUNTS,
+    schedule_view,
+)
 from opsdash.screens.companies import CompaniesScreen
 from opsdash.screens.company_detail import CompanyDetailScreen
 from opsdash.screens.confirm import ConfirmScreen
@@ -405,6 +412,82 @@ async def test_toggle_editor_saves_overrides_and_the_preview_changes_at_once(
         stored = queries.company_toggles(synced_engine.db, target.id)
         assert stored is not None
         assert stored.overrides == {DISPLAY_BILL_RATE: not shows_bill_rate}
+
+
+async def next_technician(pilot: Pilot, screen: PreviewScreen) -> None:
+    before = screen._result.person.id  # type: ignore[union-attr]
+    await pilot.press("n")
+    await wait_for(pilot, lambda: screen._result is not None and screen._result.person.id != before)
+
+
+async def test_follow_upstream_stores_no_override_and_the_technician_view_hides_discounts(
+    synced_engine: Engine,
+) -> None:
+    """An upstream silent on HideDiscounts means hidden; "Follow upstream" must keep it so."""
+    target = company(synced_engine, 0)
+    upstream = {DISPLAY_BILL_RATE: True}  # silent on HIDE_DISCOUNTS and the contact toggles
+    with synced_engine.db.write_session() as session:
+        row = session.get(Company, target.id)
+        assert row is not None
+        row.feature_toggles = upstream
+        row.toggle_overrides = {HIDE_DISCOUNTS: False, DISPLAY_CUSTOMER_EMAILS: True}
+    app = make_app(synced_engine)
+    async with app.run_test(size=NARROW) as pilot:
+        screen = await open_preview(pilot, target)
+
+        def shown_discounts() -> bool:
+            result = screen._result
+            return result is not None and any("discounts" in job for job in result.view["jobs"])
+
+        def discounted_job_shown() -> bool:
+            result = screen._result
+            return result is not None and any(job.get("discounts") for job in result.view["jobs"])
+
+        # A technician with a discounted job, so that hiding discounts is visible at all.
+        for _ in range(40):
+            if discounted_job_shown():
+                break
+            await next_technician(pilot, screen)
+        assert discounted_job_shown(), "no technician of the demo company has a discounted job"
+        person = screen._result.person  # type: ignore[union-attr]
+
+        await pilot.press("t")
+        await wait_for(pilot, lambda: isinstance(app.screen, TogglesScreen))
+        hide = app.screen.query_one(f"#toggle-{HIDE_DISCOUNTS}", Switch)
+        assert hide.value is False  # the override shows discounts today
+        await pilot.click("#toggles-reset")
+        assert hide.value is True, "a silent upstream reads as hidden"
+        assert app.screen.query_one(f"#toggle-{DISPLAY_CUSTOMER_EMAILS}", Switch).value is False
+        assert app.screen.query_one(f"#toggle-{DISPLAY_BILL_RATE}", Switch).value is True
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: any("0 override(s)" in t for t in toasts(app)))
+        await wait_for(pilot, lambda: screen._result is not None and not shown_discounts())
+        assert screen._result.person.id == person.id  # type: ignore[union-attr]
+
+    stored = queries.company_toggles(synced_engine.db, target.id)
+    assert stored is not None and stored.overrides == {}, "follow the upstream is stored as {}"
+    # What the read API serves that technician now: the same rule, from the database.
+    with synced_engine.db.session() as session:
+        row = session.get(Company, target.id)
+        assert row is not None
+        toggles = row.effective_toggles()
+        day = session.execute(
+            select(ScheduleData).where(ScheduleData.company_id == target.id)
+        ).scalars()
+        documents = [orjson.loads(synced_engine.blobs.get(d.storage_path)) for d in day]
+    views = [
+        schedule_view(
+            document,
+            role="technician",
+            employee_id=person.employee_information_id,
+            toggles=toggles,
+            company_id=str(target.id),
+        )
+        for document in documents
+    ]
+    jobs = [job for view in views for job in view["jobs"]]
+    assert jobs and all("discounts" not in job and "billRate" in job for job in jobs)
+    assert all("email" not in job.get("contactInfo", {}) for job in jobs)
 
 
 # --- log, palette, outage, quit -------------------------------------------------------------

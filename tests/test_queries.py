@@ -311,14 +311,15 @@ def test_toggle_overrides_are_saved_and_layered_over_upstream(db: Database) -> N
     wanted = {
         "TechDashboard_DisplayBillRate": False,  # differs: an override
         "TechDashboard_HideDiscounts": True,  # same as upstream: no override
-        "TechDashboard_DisplayCustomerEmails": False,  # missing upstream: stored explicitly
+        "TechDashboard_DisplayCustomerEmails": False,  # missing upstream reads off: no override
+        "TechDashboard_DisplayRoomRate": True,  # missing upstream, wanted on: an override
     }
     overrides = companies.overrides_for(upstream, wanted)
     assert overrides == {
         "TechDashboard_DisplayBillRate": False,
-        "TechDashboard_DisplayCustomerEmails": False,
+        "TechDashboard_DisplayRoomRate": True,
     }
-    overrides.pop("TechDashboard_DisplayCustomerEmails")
+    overrides.pop("TechDashboard_DisplayRoomRate")
     companies.set_toggle_overrides(db, owner.id, overrides)
     toggles = queries.company_toggles(db, owner.id)
     assert toggles is not None

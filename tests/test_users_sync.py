@@ -13,34 +13,31 @@ import pytest
 from sqlalchemy import select
 
 from opsdash.engine import handlers, queue
+from opsdash.engine.blobs import LocalBlobStore
 from opsdash.engine.db import Database
 from opsdash.engine.models import BackgroundJob, Company, UserProfile
 from opsdash.engine.upstream import MaidCentralClient, RateLimiter
 
 
 class DirectoryServer:
-    """Serves whatever ``companies`` holds as the dr-schedule/users answer."""
+    """Serves ``companies`` as the dr-schedule/users answer and ``jobs`` as dr-schedule's."""
 
     def __init__(self) -> None:
         self.companies: list[Any] = []
+        self.jobs: list[Any] = []
         directory = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                body = orjson.dumps(
-                    {
-                        "IsSuccess": True,
-                        "Message": None,
-                        "StatusCode": 200,
-                        "Result": {
-                            "ServiceCompanyGroups": [
-                                {
-                                    "ServiceCompanyGroupId": 1,
-                                    "ServiceCompanies": directory.companies,
-                                }
-                            ]
-                        },
+                result: Any = directory.jobs
+                if self.path.split("?")[0].endswith("/users"):
+                    result = {
+                        "ServiceCompanyGroups": [
+                            {"ServiceCompanyGroupId": 1, "ServiceCompanies": directory.companies}
+                        ]
                     }
+                body = orjson.dumps(
+                    {"IsSuccess": True, "Message": None, "StatusCode": 200, "Result": result}
                 )
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -191,6 +188,62 @@ def test_bad_users_are_reported_not_stored(db: Database, directory) -> None:
     assert "invalid UserId" in messages
     assert "not an object" in messages
     assert "more than one company" in messages
+
+
+def test_roles_that_are_not_a_list_of_strings_leave_the_user_out(db: Database, directory) -> None:
+    """``Roles`` as an object once mapped to admin: now the user is skipped with the reason."""
+    odd = user("olga", [], "E9")
+    odd["Roles"] = {"Administrator": False, "Employee": True}
+    text = user("tess", [], "E8")
+    text["Roles"] = "Administrator"
+    mixed = user("max", [], "E7")
+    mixed["Roles"] = ["Employee", {"Administrator": True}]
+    directory.companies = [company(1001, [user("ann", ["Administrator"]), odd, text, mixed])]
+    result = run_users_sync(db, directory)
+    assert set(profiles(db)) == {"ann@example.com"}
+    messages = " | ".join(result["skipped"])
+    assert "Roles is an object, not a list of strings" in messages
+    assert "Roles is a string, not a list of strings" in messages
+    assert "Roles holds something other than strings" in messages
+    assert len(result["skipped"]) == 3
+
+
+def test_nested_upstream_text_is_dropped_and_counted_in_the_job_result(
+    db: Database, directory, tmp_path
+) -> None:
+    directory.companies = [company(1001, [user("ann", ["Administrator"])])]
+    run_users_sync(db, directory)
+    with db.session() as session:
+        acme = session.execute(select(Company)).scalar_one()
+    day = "2026-12-01"
+    directory.jobs = [
+        {
+            "JobInformationId": 1,
+            "JobDate": day,
+            "NotesAndMemos": {
+                "EventInstructions": {"HomeAccessInformation": "gate 4321"},
+                "HomeSpecialInstructions": "Cat inside",
+            },
+            "EmployeeSchedules": [{"EmployeeInformationId": "E1", "FirstName": ["Bo"]}],
+        }
+    ]
+    client = MaidCentralClient(directory.url, "key", limiter=RateLimiter(10_000))
+    blobs = LocalBlobStore(tmp_path / "blobs")
+    context = handlers.HandlerContext(db=db, blobs=blobs, upstream=client)
+    with db.read() as conn:  # the days the users sync queued for the new company
+        pending = conn.execute(select(BackgroundJob.id).where(BackgroundJob.status == "pending"))
+        queue.cancel(db, list(pending.scalars()))
+    queue.enqueue(db, [queue.schedule_job(acme.id, day, service_company_id="1001")])
+    worker = queue.new_worker_id()
+    jobs = [job for job in queue.claim(db, worker, lease_s=30) if job.job_type == "sync_schedule"]
+    [outcome] = handlers.run(context, jobs)
+    client.close()
+    assert outcome.ok, outcome.error
+    assert outcome.result["dropped_values"] == 2
+    assert outcome.result["dropped_fields"] == {"EventInstructions": 1, "FirstName": 1}
+    stored = blobs.get(outcome.result["path"]).decode()
+    assert "4321" not in stored and "Bo" not in stored
+    assert orjson.loads(stored)["jobs"][0]["instructions"] == "Cat inside"
 
 
 def test_only_real_booleans_count_and_inactive_is_not_enabled(db: Database, directory) -> None:

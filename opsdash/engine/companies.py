@@ -15,8 +15,17 @@ from sqlalchemy import not_, update
 from opsdash.engine.db import Database
 from opsdash.engine.models import Company
 from opsdash.engine.sqltypes import utcnow
+from opsdash.privacy import overrides_for
 
 log = logging.getLogger("opsdash.companies")
+
+__all__ = [
+    "UnknownCompany",
+    "overrides_for",
+    "set_sync_enabled",
+    "set_toggle_overrides",
+    "toggle_sync_enabled",
+]
 
 COMPANIES = Company.__table__  # type: ignore[attr-defined]
 
@@ -54,17 +63,6 @@ def set_sync_enabled(db: Database, company_id: uuid.UUID, enabled: bool) -> None
     if not changed:
         raise UnknownCompany(company_id)
     log.info("sync %s for company %s", "enabled" if enabled else "disabled", company_id)
-
-
-def overrides_for(upstream: Mapping[str, object], wanted: Mapping[str, bool]) -> dict[str, bool]:
-    """The overrides that make the effective toggles equal ``wanted``.
-
-    Only toggles that differ from what the upstream reports are kept, so a toggle
-    the operator left alone keeps following the upstream. A toggle the upstream
-    does not report (or reports as a non-boolean) is always stored explicitly:
-    its meaning would otherwise depend on how the privacy view reads a gap.
-    """
-    return {name: value for name, value in wanted.items() if upstream.get(name) is not value}
 
 
 def set_toggle_overrides(

@@ -23,6 +23,7 @@ from opsdash.engine.db import Database
 from opsdash.engine.models import BackgroundJob, Company, JobType, Role, ScheduleData, UserProfile
 from opsdash.engine.sqltypes import utcnow
 from opsdash.engine.transform import (
+    DroppedValues,
     TransformError,
     build_document,
     document_counts,
@@ -194,19 +195,30 @@ def _store_day(
     """Write the day's blob if its content changed; returns the metadata row to record."""
     try:
         path = schedule_path(company.service_company_id, day)
-        document, body, generated_at = _render(company, day, records, stored)
+        document, body, generated_at, dropped = _render(company, day, records, stored)
     except (TransformError, InvalidBlobPath) as error:
         return Outcome(job, False, error=f"malformed upstream data for {day}: {error}"), None
 
     checksum = sha256_hex(body)
     unchanged = stored is not None and stored.checksum == checksum
-    result = {
+    result: dict[str, Any] = {
         "path": path,
         "bytes": len(body),
         "checksum": checksum,
         "jobs": len(records),
         "unchanged": unchanged,
+        "dropped_values": dropped.total,
     }
+    if dropped.total:
+        # Which fields, so the operator can tell the upstream what it sent; never the values.
+        result["dropped_fields"] = dict(sorted(dropped.by_field.items()))
+        log.warning(
+            "%s/%s: %d upstream value(s) of the wrong type left out (%s)",
+            company.service_company_id,
+            day,
+            dropped.total,
+            ", ".join(f"{name}: {count}" for name, count in sorted(dropped.by_field.items())),
+        )
     if unchanged:
         return Outcome(job, True, result), None
     context.blobs.put(path, body)
@@ -228,7 +240,7 @@ def _store_day(
 
 def _render(
     company: Company, day: date, records: list[dict[str, Any]], stored: ScheduleData | None
-) -> tuple[dict[str, Any], bytes, datetime]:
+) -> tuple[dict[str, Any], bytes, datetime, DroppedValues]:
     """The document and its bytes; an unchanged day reproduces the stored bytes exactly.
 
     ``generatedAt`` is the time the content last changed, kept equal to the
@@ -236,26 +248,28 @@ def _render(
     timestamp yields the stored checksum and nothing is rewritten.
     """
     if stored is not None and stored.updated_at is not None:
-        document, body = _serialize(company, day, records, stored.updated_at)
+        document, body, dropped = _serialize(company, day, records, stored.updated_at)
         if sha256_hex(body) == stored.checksum:
-            return document, body, stored.updated_at
+            return document, body, stored.updated_at, dropped
     now = utcnow()
     generated_at = now.replace(microsecond=now.microsecond // 1000 * 1000)
-    document, body = _serialize(company, day, records, generated_at)
-    return document, body, generated_at
+    document, body, dropped = _serialize(company, day, records, generated_at)
+    return document, body, generated_at, dropped
 
 
 def _serialize(
     company: Company, day: date, records: list[dict[str, Any]], generated_at: datetime
-) -> tuple[dict[str, Any], bytes]:
+) -> tuple[dict[str, Any], bytes, DroppedValues]:
+    dropped = DroppedValues()
     document = build_document(
         records,
         company_id=str(company.id),
         service_company_id=company.service_company_id,
         day=day,
         generated_at=generated_at,
+        dropped=dropped,
     )
-    return document, serialize_document(document)
+    return document, serialize_document(document), dropped
 
 
 def _stored_metadata(
@@ -297,9 +311,33 @@ def windows_to_iana(zone: str | None) -> str:
     return "UTC"
 
 
-def map_role(roles: Iterable[Any]) -> Role | None:
-    names = {str(role).strip().lower() for role in roles or []}
+def map_role(roles: Any) -> Role | None:
+    """The highest known role in ``roles``, which must be a list of strings.
+
+    Anything else reads as no role at all (fail closed): an object such as
+    ``{"Administrator": false}`` names Administrator among its keys, and reading it
+    as a list would make its user an admin of the whole company.
+    """
+    if not isinstance(roles, list) or not all(isinstance(role, str) for role in roles):
+        return None
+    names = {role.strip().lower() for role in roles}
     return next((role for name, role in ROLE_PRECEDENCE if name in names), None)
+
+
+def _role_problem(roles: Any) -> str:
+    if not isinstance(roles, list):
+        return f"Roles is {_json_kind(roles)}, not a list of strings"
+    if not all(isinstance(role, str) for role in roles):
+        return "Roles holds something other than strings"
+    return f"no known role in {roles!r}"[:200]
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "missing"
+    return {dict: "an object", str: "a string", bool: "a boolean"}.get(
+        type(value), f"a {type(value).__name__}"
+    )
 
 
 @dataclass
@@ -506,22 +544,30 @@ def _profile_row(user: Any, now: datetime) -> dict[str, Any] | str:
         user_id = uuid.UUID(str(record.get("userid")))
     except ValueError:
         return f"user with invalid UserId {record.get('userid')!r}"
-    role = map_role(record.get("roles") or [])
+    role = map_role(record.get("roles"))
     if role is None:
-        return f"user {user_id} has no known role ({record.get('roles')!r})"
+        return f"user {user_id} has no role: {_role_problem(record.get('roles'))}"
     employee_id = record.get("employeeinformationid")
-    full_name = record.get("fullname") or " ".join(
-        str(part) for part in (record.get("firstname"), record.get("lastname")) if part
+    if isinstance(employee_id, bool) or not isinstance(employee_id, str | int | None):
+        return f"user {user_id} has an EmployeeInformationId that is not a string or number"
+    email = record.get("email")
+    full_name = _plain(record.get("fullname")) or " ".join(
+        part for part in (_plain(record.get("firstname")), _plain(record.get("lastname"))) if part
     )
     return {
         "id": user_id,
         "maidcentral_user_id": user_id,
         "role": str(role),
         "employee_information_id": str(employee_id) if employee_id not in (None, "") else None,
-        "email": str(record["email"]).lower() if record.get("email") else None,
+        "email": email.strip().lower() or None if isinstance(email, str) else None,
         "full_name": full_name or None,
         "updated_at": now,
     }
+
+
+def _plain(value: Any) -> str | None:
+    """Upstream text, never the text of an object or a list."""
+    return value.strip() or None if isinstance(value, str) else None
 
 
 def _replace_profiles(

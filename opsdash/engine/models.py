@@ -11,6 +11,7 @@ from sqlalchemy import Column, Index, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 from opsdash.engine.sqltypes import JSONType, UTCDateTime, utcnow
+from opsdash.privacy import Role, effective_toggles
 
 
 class JobType(StrEnum):
@@ -28,12 +29,6 @@ class JobStatus(StrEnum):
 
 ACTIVE_STATUSES = (JobStatus.PENDING, JobStatus.RUNNING)
 FINISHED_STATUSES = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
-
-
-class Role(StrEnum):
-    ADMIN = "admin"
-    OFFICE = "office"
-    TECHNICIAN = "technician"
 
 
 def _ts(*, nullable: bool = True, index: bool = False) -> Any:
@@ -62,9 +57,9 @@ class Company(SQLModel, table=True):
         default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=True)
     )
 
-    def effective_toggles(self) -> dict[str, bool]:
-        """Upstream toggles with the operator's overrides on top."""
-        return {**(self.feature_toggles or {}), **(self.toggle_overrides or {})}
+    def effective_toggles(self) -> dict[str, Any]:
+        """Upstream toggles with the operator's overrides on top (``privacy.effective_toggles``)."""
+        return effective_toggles(self.feature_toggles, self.toggle_overrides)
 
 
 class BackgroundJob(SQLModel, table=True):

@@ -29,6 +29,7 @@ from opsdash.engine.models import (
     ScheduleData,
     UserProfile,
 )
+from opsdash.privacy import effective_toggles
 
 JOBS = BackgroundJob.__table__  # type: ignore[attr-defined]
 COMPANIES = Company.__table__  # type: ignore[attr-defined]
@@ -573,8 +574,8 @@ class CompanyToggles:
 
     @property
     def effective(self) -> dict[str, Any]:
-        """Upstream toggles with the operator's overrides on top (as ``Company`` computes it)."""
-        return {**self.upstream, **self.overrides}
+        """Upstream toggles with the operator's overrides on top (``privacy.effective_toggles``)."""
+        return effective_toggles(self.upstream, self.overrides)
 
 
 def company_toggles(db: Database, company_id: uuid.UUID) -> CompanyToggles | None:

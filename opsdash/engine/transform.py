@@ -4,12 +4,18 @@ Pure functions: no I/O and no clock (the caller passes ``generated_at``). Upstre
 read case-insensitively, as MaidCentral's casing is not a contract. The output is
 deterministic: the same records in any order give the same bytes, so an unchanged day
 produces the same checksum and is not rewritten.
+
+A text field takes only a string from the upstream and an id only a string or an
+integer. Anything else (an object or a list where text belongs) is dropped and
+counted in :class:`DroppedValues`, never turned into text: ``str()`` of an object
+would carry whatever it holds, an access code say, into a field technicians see.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime
 from typing import Any
@@ -40,6 +46,20 @@ _MISSING = object()
 
 class TransformError(ValueError):
     """Upstream data that cannot become a schedule document; the message names the record."""
+
+
+class DroppedValues:
+    """Upstream values left out of a document because they had the wrong type, by field."""
+
+    def __init__(self) -> None:
+        self.by_field: Counter[str] = Counter()
+
+    def note(self, field: str) -> None:
+        self.by_field[field] += 1
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_field.values())
 
 
 # -- reading upstream records ---------------------------------------------------------------
@@ -77,21 +97,25 @@ def read_key(record: Any, *path: str, default: Any = None) -> Any:
     return current
 
 
-def _text(value: Any) -> str | None:
-    """Trimmed text, or None for null and blank values."""
+def _text(value: Any, drops: DroppedValues, field: str) -> str | None:
+    """Trimmed text, or None for null and blank values and for anything but a string."""
     if value is None:
         return None
-    text = str(value).strip()
-    return text or None
+    if not isinstance(value, str):
+        drops.note(field)
+        return None
+    return value.strip() or None
 
 
-def _identifier(value: Any) -> str | None:
+def _identifier(value: Any, drops: DroppedValues, field: str) -> str | None:
     """Ids arrive as ints or strings; the document always carries strings."""
-    if value is None or isinstance(value, bool):
+    if value is None:
         return None
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    return _text(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return _text(value, drops, field)
 
 
 def _items(value: Any) -> list[Mapping[str, Any]]:
@@ -128,13 +152,13 @@ def _parse_job_date(value: Any) -> date | None:
         return None
 
 
-def _clock_time(value: Any) -> str | None:
+def _clock_time(value: Any, drops: DroppedValues, field: str) -> str | None:
     """Normalise "8:00", "08:00:00", "8:00 AM" or an ISO datetime to "HH:MM".
 
     Anything unrecognised is passed through trimmed rather than dropped: a technician would
     rather read an odd time than none.
     """
-    text = _text(value)
+    text = _text(value, drops, field)
     if text is None:
         return None
     match = _CLOCK.fullmatch(text)
@@ -207,25 +231,31 @@ def _number(record: UpstreamRecord, key: str, index: int) -> int | float | None:
     raise TransformError(f"upstream job record {index} has a non-numeric {key}: {value!r}")
 
 
-def _customer_name(record: UpstreamRecord) -> str | None:
+def _customer_name(record: UpstreamRecord, drops: DroppedValues) -> str | None:
     parts = (
-        _text(read_key(record, "CustomerInformation", "CustomerFirstName")),
-        _text(read_key(record, "CustomerInformation", "CustomerLastName")),
+        _text(
+            read_key(record, "CustomerInformation", "CustomerFirstName"), drops, "CustomerFirstName"
+        ),
+        _text(
+            read_key(record, "CustomerInformation", "CustomerLastName"), drops, "CustomerLastName"
+        ),
     )
     return " ".join(part for part in parts if part) or None
 
 
-def _address(record: UpstreamRecord) -> str | None:
+def _address(record: UpstreamRecord, drops: DroppedValues) -> str | None:
     home = read_key(record, "HomeInformation", default={})
+
+    def line(key: str) -> str | None:
+        return _text(read_key(home, key), drops, key)
+
     region_and_code = " ".join(
-        part
-        for part in (_text(read_key(home, "HomeRegion")), _text(read_key(home, "HomePostalCode")))
-        if part
+        part for part in (line("HomeRegion"), line("HomePostalCode")) if part
     )
     parts = (
-        _text(read_key(home, "HomeAddress1")),
-        _text(read_key(home, "HomeAddress2")),
-        _text(read_key(home, "HomeCity")),
+        line("HomeAddress1"),
+        line("HomeAddress2"),
+        line("HomeCity"),
         region_and_code or None,
     )
     return ", ".join(part for part in parts if part) or None
@@ -239,74 +269,78 @@ def _contact_type(entry: Mapping[str, Any]) -> int | None:
         return None
 
 
-def _first_contact(entries: list[Mapping[str, Any]], contact_type: int) -> str | None:
-    for entry in entries:
-        value = _text(read_key(entry, "ContactInfo"))
-        if value and _contact_type(entry) == contact_type:
-            return value
-    return None
-
-
-def _contact_info(record: UpstreamRecord) -> dict[str, str | None]:
-    entries = _items(read_key(record, "ContactInfos"))
+def _contact_info(record: UpstreamRecord, drops: DroppedValues) -> dict[str, str | None]:
+    found: dict[int, str] = {}
+    for entry in _items(read_key(record, "ContactInfos")):
+        value = _text(read_key(entry, "ContactInfo"), drops, "ContactInfo")
+        contact_type = _contact_type(entry)
+        if value and contact_type is not None:
+            found.setdefault(contact_type, value)
     # A cell phone reaches a customer on the day; the home phone is the fallback.
-    phone = _first_contact(entries, CONTACT_CELL_PHONE) or _first_contact(
-        entries, CONTACT_HOME_PHONE
-    )
-    return {"phone": phone, "email": _first_contact(entries, CONTACT_EMAIL)}
+    phone = found.get(CONTACT_CELL_PHONE) or found.get(CONTACT_HOME_PHONE)
+    return {"phone": phone, "email": found.get(CONTACT_EMAIL)}
 
 
-def _discounts(record: UpstreamRecord, index: int) -> list[dict[str, Any]]:
+def _discounts(record: UpstreamRecord, index: int, drops: DroppedValues) -> list[dict[str, Any]]:
     return [
         {
-            "description": _text(read_key(entry, "DiscountDescription")),
+            "description": _text(
+                read_key(entry, "DiscountDescription"), drops, "DiscountDescription"
+            ),
             "amount": _number(entry, "DiscountAmount", index),
         }
         for entry in _items(read_key(record, "Discounts"))
     ]
 
 
-def _access_information(notes: Any) -> str | None:
+def _access_information(notes: Any, drops: DroppedValues) -> str | None:
     for key in _ACCESS_KEYS:
-        value = _text(read_key(notes, key))
+        value = _text(read_key(notes, key), drops, key)
         if value:
             return value
     return None
 
 
-def _instructions(notes: Any) -> str | None:
+def _instructions(notes: Any, drops: DroppedValues) -> str | None:
     parts = (
-        _text(read_key(notes, "EventInstructions")),
-        _text(read_key(notes, "HomeSpecialInstructions")),
+        _text(read_key(notes, "EventInstructions"), drops, "EventInstructions"),
+        _text(read_key(notes, "HomeSpecialInstructions"), drops, "HomeSpecialInstructions"),
     )
     return "\n".join(part for part in parts if part) or None
 
 
-def _team_ids(record: UpstreamRecord) -> list[str]:
+def _team_ids(record: UpstreamRecord, drops: DroppedValues) -> list[str]:
     ids: list[str] = []
     for team in _items(read_key(record, "ScheduledTeams")):
-        team_id = _identifier(read_key(team, "TeamListId"))
+        team_id = _identifier(read_key(team, "TeamListId"), drops, "TeamListId")
         if team_id and team_id not in ids:
             ids.append(team_id)
     return ids
 
 
-def _employee_schedules(record: UpstreamRecord) -> list[dict[str, str | None]]:
+def _employee_schedules(
+    record: UpstreamRecord, drops: DroppedValues
+) -> list[dict[str, str | None]]:
     # An entry without an employee id names nobody, so it can grant no technician a view.
-    return [
-        {
-            "EmployeeInformationId": employee_id,
-            "FirstName": _text(read_key(entry, "FirstName")),
-            "LastName": _text(read_key(entry, "LastName")),
-            "TeamListId": _identifier(read_key(entry, "TeamListId")),
-        }
-        for entry in _items(read_key(record, "EmployeeSchedules"))
-        if (employee_id := _identifier(read_key(entry, "EmployeeInformationId")))
-    ]
+    schedules = []
+    for entry in _items(read_key(record, "EmployeeSchedules")):
+        employee_id = _identifier(
+            read_key(entry, "EmployeeInformationId"), drops, "EmployeeInformationId"
+        )
+        if employee_id:
+            schedules.append(
+                {
+                    "EmployeeInformationId": employee_id,
+                    "FirstName": _text(read_key(entry, "FirstName"), drops, "FirstName"),
+                    "LastName": _text(read_key(entry, "LastName"), drops, "LastName"),
+                    "TeamListId": _identifier(read_key(entry, "TeamListId"), drops, "TeamListId"),
+                }
+            )
+    return schedules
 
 
-def _job(record: UpstreamRecord, index: int, day: date) -> dict[str, Any]:
-    job_id = _identifier(read_key(record, "JobInformationId"))
+def _job(record: UpstreamRecord, index: int, day: date, drops: DroppedValues) -> dict[str, Any]:
+    job_id = _identifier(read_key(record, "JobInformationId"), drops, "JobInformationId")
     if job_id is None:
         raise TransformError(f"upstream job record {index} has no JobInformationId")
     record_day = _record_date(record, index)
@@ -318,23 +352,27 @@ def _job(record: UpstreamRecord, index: int, day: date) -> dict[str, Any]:
     return {
         "jobId": job_id,
         "date": day.isoformat(),
-        "startTime": _clock_time(read_key(record, "ScheduledStartTime")),
-        "endTime": _clock_time(read_key(record, "ScheduledEndTime")),
-        "status": _text(read_key(record, "JobStatus")),
-        "serviceType": _text(read_key(record, "ServiceSet", "ServiceSetDescription")),
-        "customerName": _customer_name(record),
-        "address": _address(record),
-        "teamIds": _team_ids(record),
+        "startTime": _clock_time(
+            read_key(record, "ScheduledStartTime"), drops, "ScheduledStartTime"
+        ),
+        "endTime": _clock_time(read_key(record, "ScheduledEndTime"), drops, "ScheduledEndTime"),
+        "status": _text(read_key(record, "JobStatus"), drops, "JobStatus"),
+        "serviceType": _text(
+            read_key(record, "ServiceSet", "ServiceSetDescription"), drops, "ServiceSetDescription"
+        ),
+        "customerName": _customer_name(record, drops),
+        "address": _address(record, drops),
+        "teamIds": _team_ids(record, drops),
         "billRate": _number(record, "BillRate", index),
         "feeSplitRate": _number(record, "FeeSplitRate", index),
         "addOnRate": _number(record, "AddOnRate", index),
         "roomRate": _number(record, "RoomRate", index),
-        "contactInfo": _contact_info(record),
-        "discounts": _discounts(record, index),
-        "internalMemo": _text(read_key(notes, "HomeInternalMemo")),
-        "accessInformation": _access_information(notes),
-        "instructions": _instructions(notes),
-        "employeeSchedules": _employee_schedules(record),
+        "contactInfo": _contact_info(record, drops),
+        "discounts": _discounts(record, index, drops),
+        "internalMemo": _text(read_key(notes, "HomeInternalMemo"), drops, "HomeInternalMemo"),
+        "accessInformation": _access_information(notes, drops),
+        "instructions": _instructions(notes, drops),
+        "employeeSchedules": _employee_schedules(record, drops),
     }
 
 
@@ -364,17 +402,21 @@ def _employees(jobs: Iterable[dict[str, Any]]) -> list[dict[str, str | None]]:
     return [employees[key] for key in sorted(employees, key=_natural_key)]
 
 
-def _teams(records: Iterable[UpstreamRecord]) -> list[dict[str, str | None]]:
+def _teams(records: Iterable[UpstreamRecord], drops: DroppedValues) -> list[dict[str, str | None]]:
     teams: dict[str, dict[str, str | None]] = {}
+    # The ids were counted with the jobs; teams are read again here, so only the text is.
+    ids_counted = DroppedValues()
     for record in records:
         for team in _items(read_key(record, "ScheduledTeams")):
-            team_id = _identifier(read_key(team, "TeamListId"))
+            team_id = _identifier(read_key(team, "TeamListId"), ids_counted, "TeamListId")
             if team_id is None:
                 continue
             entry = {
                 "teamListId": team_id,
-                "description": _text(read_key(team, "TeamListDescription")),
-                "color": _text(read_key(team, "Color")),
+                "description": _text(
+                    read_key(team, "TeamListDescription"), drops, "TeamListDescription"
+                ),
+                "color": _text(read_key(team, "Color"), drops, "Color"),
             }
             # Keep the smallest entry when jobs disagree, so input order never decides.
             if team_id not in teams or _team_rank(entry) < _team_rank(teams[team_id]):
@@ -393,11 +435,16 @@ def build_document(
     service_company_id: str,
     day: date,
     generated_at: datetime,
+    dropped: DroppedValues | None = None,
 ) -> ScheduleDocument:
-    """The schedule document of one company-day (DESIGN.md "Schedule document")."""
+    """The schedule document of one company-day (DESIGN.md "Schedule document").
+
+    Values of the wrong type are left out and counted in ``dropped`` when given.
+    """
+    drops = dropped if dropped is not None else DroppedValues()
     records = [_require_record(raw, index) for index, raw in enumerate(upstream_jobs)]
     jobs = sorted(
-        (_job(record, index, day) for index, record in enumerate(records)), key=_job_order
+        (_job(record, index, day, drops) for index, record in enumerate(records)), key=_job_order
     )
     return {
         "companyId": company_id,
@@ -406,7 +453,7 @@ def build_document(
         "generatedAt": _utc_timestamp(generated_at),
         "jobs": jobs,
         "employees": _employees(jobs),
-        "teams": _teams(records),
+        "teams": _teams(records, drops),
     }
 
 

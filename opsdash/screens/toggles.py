@@ -1,7 +1,10 @@
 """The feature-toggle editor: one switch per toggle, saved as the company's overrides.
 
 The modal only decides; the caller writes the result to ``toggle_overrides`` off
-the UI thread. Dismisses with the overrides to save, or None when cancelled.
+the UI thread. Dismisses with the overrides to save, or None when cancelled. Every
+switch shows a toggle as the privacy view reads it (``privacy.toggle_reading``), and
+the overrides saved are the fewest that produce the switches (``privacy.overrides_for``):
+after "Follow upstream" that is ``{}``, so the company follows the upstream again.
 """
 
 from __future__ import annotations
@@ -16,9 +19,8 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Label, Static, Switch
 
-from opsdash.engine.companies import overrides_for
 from opsdash.engine.queries import CompanyToggles
-from opsdash.privacy import PRIVACY_TOGGLES, toggle_reading
+from opsdash.privacy import PRIVACY_TOGGLES, overrides_for, toggle_reading, upstream_readings
 
 TOGGLE_PREFIX = "TechDashboard_"
 
@@ -109,7 +111,7 @@ class TogglesScreen(ModalScreen[dict[str, bool] | None]):
 
     @on(Button.Pressed, "#toggles-reset")
     def _reset_pressed(self) -> None:
-        for name in self.names:
-            self.query_one(f"#{_switch_id(name)}", Switch).value = (
-                self.toggles.upstream.get(name) is True
-            )
+        # The upstream's values read by the same rule as the view: a gap in
+        # HideDiscounts reads as hidden, not as "not True".
+        for name, reading in upstream_readings(self.toggles.upstream, self.names).items():
+            self.query_one(f"#{_switch_id(name)}", Switch).value = reading
