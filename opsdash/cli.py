@@ -233,9 +233,11 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _token(settings: Settings, args: argparse.Namespace) -> int:
+    from opsdash.datafolder import secure_existing
     from opsdash.engine.db import connect, create_schema
     from opsdash.readapi.tokens import TokenError, mint_token
 
+    secure_existing(settings.data_dir)
     db = connect(settings.effective_database_url)
     create_schema(db)
     try:

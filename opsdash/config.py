@@ -10,7 +10,6 @@ data folder, and the demo upstream on a loopback port.
 
 from __future__ import annotations
 
-import secrets
 from enum import StrEnum
 from pathlib import Path
 from typing import Literal
@@ -23,6 +22,10 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from opsdash.datafolder import read_or_create_secret
+
+MIN_JWT_SECRET_BYTES = 32
 
 
 class Mode(StrEnum):
@@ -84,6 +87,15 @@ class Settings(BaseSettings):
 
     cors_origins: list[str] = Field(default_factory=list)
 
+    # The read API facing abusive clients (opsdash.readapi.protocol, docs/production.md).
+    http_max_connections: int = Field(default=1000, ge=1)
+    http_request_timeout_s: float = Field(default=10.0, gt=0)
+    http_keep_alive_s: float = Field(default=5.0, gt=0)
+    # /metrics, /docs, /openapi.json: "auto" is open on a loopback address and, elsewhere,
+    # behind ops_token when one is set, else off.
+    ops_endpoints: Literal["auto", "open", "token", "off"] = "auto"
+    ops_token: str | None = Field(default=None, min_length=32)
+
     @field_validator("database_url")
     @classmethod
     def _normalise_postgres_url(cls, url: str | None) -> str | None:
@@ -94,6 +106,17 @@ class Settings(BaseSettings):
             if url.startswith(prefix):
                 return "postgresql+psycopg://" + url.removeprefix(prefix)
         return url
+
+    @field_validator("supabase_jwt_secret")
+    @classmethod
+    def _strong_jwt_secret(cls, secret: str | None) -> str | None:
+        # Anyone who can guess the HS256 secret can mint an admin token for every company.
+        if secret is not None and len(secret.encode()) < MIN_JWT_SECRET_BYTES:
+            raise ValueError(
+                f"SUPABASE_JWT_SECRET is shorter than {MIN_JWT_SECRET_BYTES} bytes: use the "
+                "project's JWT secret from the Supabase dashboard, not a made-up one"
+            )
+        return secret
 
     @classmethod
     def settings_customise_sources(
@@ -145,9 +168,4 @@ class Settings(BaseSettings):
             return self.supabase_jwt_secret
         if self.jwks_url:
             return None
-        secret_file = self.data_dir / "jwt-secret"
-        if not secret_file.exists():
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-            secret_file.write_text(secrets.token_urlsafe(48))
-            secret_file.chmod(0o600)
-        return secret_file.read_text().strip()
+        return read_or_create_secret(self.data_dir, "jwt-secret")

@@ -115,6 +115,11 @@ def table(app: OpsdashApp, selector: str) -> LiveTable:
     return app.screen.query_one(selector, LiveTable)
 
 
+def confirm_shown(app: OpsdashApp) -> bool:
+    """The confirmation is up and composed (pushing a screen and composing it are two steps)."""
+    return isinstance(app.screen, ConfirmScreen) and bool(app.screen.query("#confirm-question"))
+
+
 def toasts(app: OpsdashApp) -> list[str]:
     return [str(notification.message) for notification in app._notifications]
 
@@ -218,14 +223,14 @@ async def test_retry_all_failed_asks_first_and_retries_only_on_yes(
     async with app.run_test(size=WIDE) as pilot:
         await fail_company(pilot, synced_engine, demo_upstream, target)
         await pilot.press("R")
-        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await wait_for(pilot, lambda: confirm_shown(app))
         assert f"Retry {DAYS} failed" in text_of(app.screen.query_one("#confirm-question"))
         await pilot.press("n")
         await wait_for(pilot, lambda: isinstance(app.screen, JobsScreen))
         assert sum(j.status == "failed" for j in jobs_in_db(synced_engine)) == DAYS
 
         await pilot.press("R")
-        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await wait_for(pilot, lambda: confirm_shown(app))
         await pilot.press("y")
         await wait_for(pilot, lambda: any(f"Retrying {DAYS} failed" in t for t in toasts(app)))
         await wait_for(

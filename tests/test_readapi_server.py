@@ -68,7 +68,8 @@ def serving_process(
     )
     base_url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
+        # Spawned workers import everything afresh: on a loaded machine that takes a while.
+        deadline = time.monotonic() + 90
         while True:  # the readiness poll
             assert process.poll() is None, process.communicate()[1]
             assert time.monotonic() < deadline, "the server never became ready"

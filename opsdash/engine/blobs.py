@@ -17,6 +17,8 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from opsdash.datafolder import private_dir
+
 if TYPE_CHECKING:
     from storage3.exceptions import StorageApiError
 
@@ -87,8 +89,7 @@ class LocalBlobStore:
     """A folder on disk with the bucket's layout; writes are atomic (temp file + rename)."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root.resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root = private_dir(root.resolve())
 
     @property
     def description(self) -> str:
@@ -102,7 +103,7 @@ class LocalBlobStore:
 
     def put(self, path: str, body: bytes) -> None:
         target = self._file(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(target.parent)  # blobs are the schedules: the owner's alone, like the file
         handle, temp_name = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".json")
         try:
             with os.fdopen(handle, "wb") as temp:

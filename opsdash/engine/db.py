@@ -31,6 +31,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlmodel import Session, SQLModel
 
+from opsdash.datafolder import private_file
 from opsdash.engine import models  # registers the tables on the metadata
 from opsdash.engine.models import BackgroundJob
 from opsdash.engine.sqltypes import SQLITE_DATETIME_FORMAT
@@ -235,7 +236,9 @@ def _relax_commit_durability(engine: Engine) -> None:
 
 def _sqlite_engine(url: str, database: str | None) -> Engine:
     if database and database != ":memory:":
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
+        # Created 0600 before SQLite opens it: SQLite gives its -wal and -shm files the
+        # database file's mode, so all three stay private to the owner.
+        private_file(Path(database))
     engine = create_engine(
         url,
         connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False},

@@ -19,6 +19,7 @@ from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy import func, select
 
 from opsdash.config import Mode, Settings
+from opsdash.datafolder import secure_existing
 from opsdash.engine import coordinator, queue
 from opsdash.engine.auth_users import AuthAdmin
 from opsdash.engine.blobs import BlobStore, LocalBlobStore, SupabaseBlobStore
@@ -76,6 +77,7 @@ class Engine:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        secure_existing(settings.data_dir)
         self.db: Database = connect(settings.effective_database_url)
         try:
             self.blobs: BlobStore = open_blob_store(settings)

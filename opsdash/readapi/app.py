@@ -35,6 +35,7 @@ from opsdash.readapi.conditional import (
 )
 from opsdash.readapi.errors import ERROR_RESPONSES, install_error_handler
 from opsdash.readapi.fastpath import WarmScheduleAnswers
+from opsdash.readapi.guards import OpsAccess, RequestGuards, resolve_ops_access
 from opsdash.readapi.metrics import (
     CONTENT_TYPE as METRICS_CONTENT_TYPE,
 )
@@ -179,10 +180,13 @@ def create_app(
     metrics: RequestMetrics | None = None,
     verifier: TokenVerifier | None = None,
     on_shutdown: Callable[[], None] | None = None,
+    ops_access: OpsAccess | None = None,
 ) -> FastAPI:
     """The read API over ``db`` and ``blobs``.
 
     The caller owns ``db`` and ``blobs``; ``on_shutdown`` runs when the server stops.
+    ``ops_access`` decides who reaches ``/metrics``, ``/docs`` and ``/openapi.json``
+    (default: ``settings.ops_endpoints`` as on a loopback address).
     """
     policy = policy or CachePolicy()
 
@@ -198,6 +202,9 @@ def create_app(
         description="Company-day schedules for the technician portal.",
         lifespan=lifespan,
         redoc_url=None,
+        # Starlette's slash redirect builds its Location from the Host header before any
+        # check; no answer of this API is built from request headers.
+        redirect_slashes=False,
         # ObserveRequests records what we need; FastAPI's OpenTelemetry bridge would add
         # a provider lookup to every request for nothing.
         telemetry={"tracing": False, "metrics": False, "logs": False},
@@ -213,7 +220,8 @@ def create_app(
     app.include_router(router)
     install_error_handler(app)
     # Middleware added later wraps what was added before: the fast path sits inside CORS
-    # (which adds its headers), and ObserveRequests outside both sees every answer.
+    # (which adds its headers), the request guards (duplicate Authorization, HEAD, the
+    # operator endpoints) outside both, and ObserveRequests outside all sees every answer.
     app.add_middleware(WarmScheduleAnswers, verifier=state.verifier, service=state.service)
     if settings.cors_origins:
         app.add_middleware(
@@ -224,6 +232,12 @@ def create_app(
             expose_headers=["ETag"],
             max_age=600,
         )
+    app.add_middleware(
+        RequestGuards,
+        ops_access=ops_access
+        or resolve_ops_access(settings.ops_endpoints, settings.ops_token, "127.0.0.1"),
+        ops_token=settings.ops_token,
+    )
     app.add_middleware(ObserveRequests, metrics=state.metrics)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

@@ -12,12 +12,16 @@ Accepted tokens:
 
 Every token must carry ``exp`` and a ``sub`` that is a user id; ``aud`` and
 ``iss`` are checked when configured. ``alg: none`` and any other algorithm are
-refused before a key is even looked at. A verified token is remembered (by its
+refused before a key is even looked at, and so is a token whose algorithm is not
+its key's (an RS256 token naming an EC key's ``kid``, or the reverse). Whatever
+goes wrong while verifying, the answer is :class:`TokenRejected` (401), never a
+500: a token is attacker-controlled input. A verified token is remembered (by its
 exact text) until it expires, so a client's repeated requests cost one lookup.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -32,6 +36,11 @@ from starlette.concurrency import run_in_threadpool
 from opsdash.config import Settings
 from opsdash.readapi.cache import MISSING, LruCache
 from opsdash.readapi.errors import ServiceUnavailable, Unauthorized
+from opsdash.readapi.logbudget import LogBudget
+
+log = logging.getLogger("opsdash.readapi.auth")
+# Unexpected verification failures are worth a line, but a flood of them is not worth more.
+_log_budget = LogBudget(lines=5, window_s=60.0)
 
 HMAC_ALGORITHMS = frozenset({"HS256"})
 JWKS_ALGORITHMS = frozenset({"ES256", "RS256"})
@@ -146,6 +155,13 @@ class TokenVerifier:
             raise TokenRejected("token signature is invalid") from None
         except jwt.PyJWTError:
             raise TokenRejected("token is invalid") from None
+        except Exception as error:
+            # A library failing on a crafted token (a key of the wrong type, odd claims)
+            # is still a token we cannot verify.
+            _log_budget.log(
+                log, logging.WARNING, "unverifiable", "token refused: %s", type(error).__name__
+            )
+            raise TokenRejected("token cannot be verified") from None
         verified = VerifiedToken(_subject(claims), float(claims["exp"]), claims)
         self._verified.put(token, verified)
         return verified
@@ -164,7 +180,7 @@ class TokenVerifier:
             raise TokenRejected("token is too long")
         try:
             header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError:
+        except Exception:  # PyJWTError, or anything else a crafted header provokes
             raise TokenRejected("token is malformed") from None
         algorithm = header.get("alg")
         if not isinstance(algorithm, str) or algorithm not in self.algorithms:
@@ -177,11 +193,18 @@ class TokenVerifier:
         assert self._jwks is not None  # the algorithm is only accepted with a JWKS URL
         try:
             # Looks the kid up in the cached set and refetches once when it is unknown.
-            return self._jwks.get_signing_key_from_jwt(token).key
+            signing_key = self._jwks.get_signing_key_from_jwt(token)
         except PyJWKClientConnectionError:
             raise ServiceUnavailable("token signing keys are unreachable") from None
         except (PyJWKClientError, jwt.PyJWTError):
             raise TokenRejected("token signing key is unknown") from None
+        except Exception:
+            raise TokenRejected("token signing key is unusable") from None
+        # The key's own algorithm (its "alg", or what its type and curve imply) must be
+        # the token's: verifying RS256 with an EC key is a TypeError deep in the library.
+        if getattr(signing_key, "algorithm_name", None) != algorithm:
+            raise TokenRejected("token algorithm does not match its signing key")
+        return signing_key.key
 
 
 def _subject(claims: Mapping[str, Any]) -> uuid.UUID:

@@ -20,10 +20,12 @@ from starlette.responses import Response
 from opsdash.engine.blobs import BlobNotFound, BlobStoreUnavailable
 from opsdash.engine.db import DatabaseUnavailable
 from opsdash.privacy import ViewRefused
+from opsdash.readapi.logbudget import LogBudget
 from opsdash.readapi.models import ErrorBody
 from opsdash.readapi.responses import json_response
 
 log = logging.getLogger("opsdash.readapi")
+_log_budget = LogBudget(lines=10, window_s=60.0)
 
 
 class ApiError(Exception):
@@ -88,11 +90,16 @@ def classify(error: Exception) -> tuple[int, str, dict[str, str] | None]:
 async def error_response(request: Request, error: Exception) -> Response:
     status, message, headers = classify(error)
     if status >= 500:
-        # The operator gets the cause in the log; the client only the message.
-        log.error(
-            "%s %s failed: %s: %s",
+        # The operator gets the cause in the log; the client only the message. Within a
+        # budget per kind of failure, so that a client repeating a failing request cannot
+        # fill the disk with tracebacks.
+        _log_budget.log(
+            log,
+            logging.ERROR,
+            f"{status} {type(error).__name__}",
+            "%s %s failed: %s: %.300s",
             request.method,
-            request.url.path,
+            request.url.path[:200],
             type(error).__name__,
             error,
             exc_info=status == 500,

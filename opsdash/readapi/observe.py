@@ -1,4 +1,8 @@
-"""One log line and one metrics observation per request (a plain ASGI middleware, cheap)."""
+"""One log line and one metrics observation per request (a plain ASGI middleware, cheap).
+
+Lines for refused requests (4xx, 5xx) are kept within a budget per status code, so a
+flood of bad tokens costs a bounded amount of log; the metrics still count them all.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from opsdash.readapi.logbudget import LogBudget
 from opsdash.readapi.metrics import RequestMetrics
 
 access_log = logging.getLogger("opsdash.readapi.access")
@@ -16,9 +21,12 @@ MAX_LOGGED_TARGET = 200
 
 
 class ObserveRequests:
-    def __init__(self, app: ASGIApp, metrics: RequestMetrics) -> None:
+    def __init__(
+        self, app: ASGIApp, metrics: RequestMetrics, refusals_logged: LogBudget | None = None
+    ) -> None:
         self.app = app
         self.metrics = metrics
+        self.refusals_logged = refusals_logged or LogBudget(lines=50, window_s=10.0)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -40,7 +48,7 @@ class ObserveRequests:
             path: str = scope["path"]
             self.metrics.observe(self.metrics.route_label(path), status, elapsed)
             if access_log.isEnabledFor(logging.INFO):
-                access_log.info(
+                line = (
                     "%s %s %s %d %.2fms",
                     _client(scope),
                     scope["method"],
@@ -48,6 +56,11 @@ class ObserveRequests:
                     status,
                     elapsed * 1000,
                 )
+                if status < 400:
+                    access_log.info(*line)
+                else:
+                    # Refusals are what a flood is made of: bounded per status code.
+                    self.refusals_logged.log(access_log, logging.INFO, str(status), *line)
 
 
 def _client(scope: Scope) -> str:

@@ -6,13 +6,20 @@ the engine. SIGTERM and SIGINT stop everything cleanly: uvicorn finishes the
 requests in flight, then the engine finishes or releases its running jobs.
 The engine runs only here, never in the HTTP workers, so there is one
 scheduler however many workers serve.
+
+Every connection goes through :class:`~opsdash.readapi.protocol.GuardedHttpToolsProtocol`
+(a bound on the request head, a deadline to receive a request, a connection cap
+per process), and the operator endpoints are open, behind a token or off as
+``ops_endpoints`` resolves for the address served (see docs/production.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import logging
+import resource
 import shutil
 import signal
 import socket
@@ -31,19 +38,26 @@ from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors.multiprocess import Multiprocess
 
 from opsdash.config import Settings
+from opsdash.datafolder import secure_existing
 from opsdash.engine.blobs import BlobStore, BlobStoreUnavailable
 from opsdash.engine.db import connect, create_schema
 from opsdash.readapi.app import ROUTES, create_app
 from opsdash.readapi.auth import TokenVerifier
+from opsdash.readapi.guards import OpsAccess, resolve_ops_access
 from opsdash.readapi.metrics import RequestMetrics
+from opsdash.readapi.protocol import ConnectionLimits, GuardedHttpToolsProtocol
 
 log = logging.getLogger("opsdash.serve")
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 GRACEFUL_SHUTDOWN_S = 10
+WORKER_HEALTHCHECK_S = 30
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_CONFIGURATION = 2
+# File descriptors kept free beyond the connection cap: the database pool, blob files,
+# the listening socket, logs.
+RESERVED_FDS = 128
 
 
 class ManagedEngine(Protocol):
@@ -74,8 +88,9 @@ def serve(
 
     ``workers=None`` means one. ``engine_factory`` builds the engine when
     ``with_engine`` (default: :class:`opsdash.engine.runtime.Engine`, imported
-    only then). ``http`` and ``loop`` are uvicorn's choices ("auto" takes
-    httptools and uvloop when they are installed).
+    only then). ``http`` and ``loop`` are uvicorn's choices; "auto" and
+    "httptools" serve through the guarded httptools protocol, anything else
+    (kept for benchmarks) without its guards.
     """
     worker_count = workers or 1
     try:
@@ -86,6 +101,14 @@ def serve(
     except ConfigurationError as error:
         log.error("cannot serve: %s", error)
         return EXIT_BAD_CONFIGURATION
+    ops_access = resolve_ops_access(settings.ops_endpoints, settings.ops_token, host)
+    limits = connection_limits(settings)
+    log.info(
+        "operator endpoints (/metrics, /docs, /openapi.json): %s; at most %d connections "
+        "per process",
+        ops_access,
+        limits.max_connections,
+    )
 
     metrics_dir = Path(tempfile.mkdtemp(prefix="opsdash-metrics-")) if worker_count > 1 else None
     engine: ManagedEngine | None = None
@@ -103,11 +126,12 @@ def serve(
                 worker_count,
                 "" if worker_count == 1 else "s",
             )
-            options = {"http": http, "loop": loop}
+            options = _uvicorn_options(http, loop, limits)
             if worker_count == 1:
-                return _serve_in_process(settings, listener, options)
+                return _serve_in_process(settings, listener, options, ops_access)
             assert metrics_dir is not None
-            return _serve_with_workers(settings, listener, worker_count, metrics_dir, options)
+            spec = WorkerSpec(settings, metrics_dir, ops_access)
+            return _serve_with_workers(spec, listener, worker_count, options)
         finally:
             if engine is not None:
                 log.info("stopping the sync engine")
@@ -123,6 +147,9 @@ def serve(
 
 def _check_configuration(settings: Settings) -> None:
     """Fail before binding when the database, storage or token keys are unusable."""
+    secure_existing(settings.data_dir)
+    if settings.ops_endpoints == "token" and not settings.ops_token:
+        raise ConfigurationError("ops_endpoints is 'token' but OPSDASH_OPS_TOKEN is not set")
     try:
         TokenVerifier.from_settings(settings)
     except (OSError, ValueError) as error:
@@ -179,12 +206,16 @@ def _default_engine(settings: Settings) -> ManagedEngine:
 # --- serving ---------------------------------------------------------------------------
 
 
-def build_app(settings: Settings, metrics_dir: Path | None = None) -> FastAPI:
+def build_app(
+    settings: Settings, metrics_dir: Path | None = None, ops_access: OpsAccess | None = None
+) -> FastAPI:
     """The application one serving process runs, owning its database handle."""
     db = connect(settings.effective_database_url)
     metrics = RequestMetrics(ROUTES, shared_dir=metrics_dir)
     blobs = open_blob_store(settings)
-    app = create_app(settings, db, blobs, metrics=metrics, on_shutdown=db.dispose)
+    app = create_app(
+        settings, db, blobs, metrics=metrics, on_shutdown=db.dispose, ops_access=ops_access
+    )
     # Everything imported and built so far lives as long as the process: keep it out of
     # the cyclic collector, whose full passes over ~100k objects stall every request in
     # flight for tens of milliseconds.
@@ -193,19 +224,59 @@ def build_app(settings: Settings, metrics_dir: Path | None = None) -> FastAPI:
     return app
 
 
-def _uvicorn_options(options: dict[str, Any]) -> dict[str, Any]:
+def connection_limits(settings: Settings) -> ConnectionLimits:
+    """The guards' limits; the connection cap kept below what the process may open."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        # The soft limit is a default, not a decision: take what the system allows.
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    cap = settings.http_max_connections
+    if soft != resource.RLIM_INFINITY and cap > soft - RESERVED_FDS:
+        cap = max(1, soft - RESERVED_FDS)
+        log.warning(
+            "only %d file descriptors: serving at most %d connections per process", soft, cap
+        )
+    return ConnectionLimits(
+        max_connections=cap,
+        request_timeout_s=settings.http_request_timeout_s,
+        keep_alive_s=settings.http_keep_alive_s,
+    )
+
+
+def _uvicorn_options(http: str, loop: str, limits: ConnectionLimits) -> dict[str, Any]:
+    guarded = http in ("auto", "httptools")
+    if not guarded:
+        log.warning("http=%s: serving without the connection guards", http)
     return {
-        **options,
+        "http": GuardedHttpToolsProtocol if guarded else http,
+        "loop": loop,
+        "limits": limits,
+        "timeout_keep_alive": limits.keep_alive_s,
         "log_config": log_config(),
         "access_log": False,  # ObserveRequests logs each request once, with its latency
         "server_header": False,
         "lifespan": "on",
         "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S,
+        # uvicorn kills a worker that does not answer its supervisor's ping in time; a
+        # worker still importing on a busy machine is slow, not hung.
+        "timeout_worker_healthcheck": WORKER_HEALTHCHECK_S,
     }
 
 
-def _serve_in_process(settings: Settings, listener: socket.socket, options: dict[str, Any]) -> int:
-    config = uvicorn.Config(build_app(settings), **_uvicorn_options(options))
+class GuardedConfig(uvicorn.Config):
+    """uvicorn's config carrying the :class:`ConnectionLimits` the guarded protocol reads."""
+
+    def __init__(self, *args: Any, limits: ConnectionLimits, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.limits = limits
+
+
+def _serve_in_process(
+    settings: Settings, listener: socket.socket, options: dict[str, Any], ops_access: OpsAccess
+) -> int:
+    config = GuardedConfig(build_app(settings, ops_access=ops_access), **options)
     server = uvicorn.Server(config)
     server.run(sockets=[listener])
     return EXIT_OK if server.started else EXIT_FAILED
@@ -217,10 +288,11 @@ class WorkerSpec:
 
     settings: Settings
     metrics_dir: Path
+    ops_access: OpsAccess
 
 
-class WorkerConfig(uvicorn.Config):
-    """uvicorn's config, except that each worker builds the app from a :class:`WorkerSpec`.
+class WorkerConfig(GuardedConfig):
+    """The guarded config, except that each worker builds the app from a :class:`WorkerSpec`.
 
     uvicorn's supervisor spawns fresh interpreters and normally re-imports the
     app by name; building it from the pickled settings instead keeps the exact
@@ -232,19 +304,14 @@ class WorkerConfig(uvicorn.Config):
         self.spec = spec
 
     def load_app(self) -> Any:
-        return functools.partial(build_app, self.spec.settings, self.spec.metrics_dir)
+        spec = self.spec
+        return functools.partial(build_app, spec.settings, spec.metrics_dir, spec.ops_access)
 
 
 def _serve_with_workers(
-    settings: Settings,
-    listener: socket.socket,
-    workers: int,
-    metrics_dir: Path,
-    options: dict[str, Any],
+    spec: WorkerSpec, listener: socket.socket, workers: int, options: dict[str, Any]
 ) -> int:
-    config = WorkerConfig(
-        WorkerSpec(settings, metrics_dir), workers=workers, **_uvicorn_options(options)
-    )
+    config = WorkerConfig(spec, workers=workers, **options)
     supervisor = Multiprocess(config, sockets=[listener])
     supervisor.run()
     failed = any(process.exitcode == STARTUP_FAILURE for process in supervisor.processes)
