@@ -75,9 +75,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--with-scheduler", action="store_true", help="also run the hourly coordinator"
     )
 
-    token = commands.add_parser("token", help="mint a read-API token for a synced user")
-    token.add_argument("--email", required=True)
-    token.add_argument("--ttl", type=_parse_ttl, default=timedelta(hours=1))
+    token = commands.add_parser(
+        "token",
+        help="mint a read-API token for a synced user (embedded mode)",
+        description="Mint an HS256 read-API token for a synced user, signed with the local "
+        "secret of the embedded mode (or SUPABASE_JWT_SECRET when set). For trying the API "
+        "and for embedded deployments: in production, portal users get their tokens from "
+        "Supabase Auth. A token cannot be revoked before it expires, so its lifetime is "
+        "capped at 24 hours.",
+    )
+    token.add_argument("--email", required=True, help="the synced user's email")
+    token.add_argument(
+        "--ttl",
+        type=_parse_ttl,
+        default=timedelta(hours=1),
+        help="lifetime such as 30m or 8h (default 1h, at most 24h)",
+    )
 
     demo = commands.add_parser("demo-upstream", help="serve the demo MaidCentral API")
     from opsdash.demo import cli as demo_cli

@@ -336,6 +336,16 @@ async def test_sync_toggle_key_switches_a_company_off_and_on(synced_engine: Engi
         assert any(f"Sync turned off for {target.name}" in t for t in toasts(app))
         run = synced_engine.sync(company_id=target.id)
         assert run.planned == 0  # the engine honours the switch
+        # The portal still serves its schedules: the console says they no longer move.
+        live = table(app, "#companies-table")
+        row = live.get_row_index(str(target.id))
+        await wait_for(pilot, lambda: "frozen" in str(live.get_row_at(row)[2]))
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, CompanyDetailScreen))
+        summary = app.screen.query_one("#company-summary")
+        await wait_for(pilot, lambda: "data frozen" in text_of(summary))
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: app.screen is screen)
         await pilot.press("e")
         await wait_for(pilot, lambda: screen._rows[str(target.id)].sync_enabled)
 

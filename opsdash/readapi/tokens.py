@@ -1,5 +1,9 @@
 """``opsdash token --email E``: an HS256 token for a synced user, signed with the configured secret.
 
+For the embedded mode (and for trying a Supabase setup that has its JWT secret):
+in production the portal's users get their tokens from Supabase Auth. Lifetimes
+are 1 hour by default and 24 hours at most.
+
 The token has the claims the read API checks (``sub`` = the profile id, ``exp``,
 and ``aud`` / ``iss`` when configured) plus Supabase's usual ``role`` and
 ``email``, so the same token works wherever a Supabase access token would.
@@ -17,7 +21,10 @@ from opsdash.config import Settings
 from opsdash.engine.db import Database
 from opsdash.engine.models import UserProfile
 
-MAX_TTL = timedelta(days=365)
+DEFAULT_TTL = timedelta(hours=1)
+# A minted token cannot be revoked before it expires (only the profile behind it can be
+# removed), so it lives a working day at most.
+MAX_TTL = timedelta(hours=24)
 
 
 class TokenError(Exception):
@@ -35,7 +42,8 @@ class InvalidLifetime(TokenError, ValueError):
 def mint_token(settings: Settings, db: Database, email: str, ttl: timedelta) -> str:
     """A signed token for the synced user with ``email``, valid for ``ttl``."""
     if not timedelta(seconds=1) <= ttl <= MAX_TTL:
-        raise InvalidLifetime(f"token lifetime must be between 1 second and {MAX_TTL.days} days")
+        hours = int(MAX_TTL.total_seconds() // 3600)
+        raise InvalidLifetime(f"token lifetime must be between 1 second and {hours} hours")
     profile = _profile_by_email(db, email)
     now = int(time.time())
     claims: dict[str, object] = {

@@ -25,7 +25,7 @@ from opsdash.screens.widgets.status_bar import StatusBar
 COMPANY_COLUMNS = (
     Column("name", "company", 20),
     Column("service_id", "id", 6),
-    Column("sync", "sync", 4),
+    Column("sync", "sync", 6),
     Column("days", "days", 4),
     Column("size", "size", 8),
     Column("last_sync", "synced", 6),
@@ -63,7 +63,13 @@ def latest_jobs_text(latest: Mapping[str, int], theme_variables: Mapping[str, st
 def company_cells(
     row: CompanyStorage, now: datetime, theme_variables: Mapping[str, str]
 ) -> tuple[Any, ...]:
-    sync = Text("on", style="bold") if row.sync_enabled else Text("off", style="dim strike")
+    if row.sync_enabled:
+        sync = Text("on", style="bold")
+    elif row.portal_enabled:
+        # Technicians still read this company's schedules, as of the last sync.
+        sync = Text("frozen", style="bold")
+    else:
+        sync = Text("off", style="dim strike")
     return (
         Text(row.name, no_wrap=True, overflow="ellipsis"),
         row.service_company_id,

@@ -16,7 +16,7 @@ from textual.widgets import DataTable, Footer, Static
 
 from opsdash.engine import queries
 from opsdash.engine.queries import CompanyStorage, CompanyToggles, StoredDay
-from opsdash.privacy import PRIVACY_TOGGLES
+from opsdash.privacy import PRIVACY_TOGGLES, toggle_reading
 from opsdash.screens.base import LiveScreen
 from opsdash.screens.messages import CompanyLoaded, CompanySnapshot
 from opsdash.screens.toggles import toggle_label
@@ -49,6 +49,18 @@ def day_cells(day: StoredDay, now: datetime) -> tuple[Any, ...]:
     )
 
 
+def sync_state(company: CompanyStorage) -> Text:
+    """Sync on or off; off with the portal on means technicians see data that no longer moves."""
+    if company.sync_enabled:
+        return Text("on", style="bold")
+    if company.portal_enabled:
+        return Text.assemble(
+            ("off · data frozen", "bold"),
+            (" (the portal still serves the last synced schedules; nothing new arrives)", "dim"),
+        )
+    return Text("off (not synced, portal off)", style="bold")
+
+
 def company_summary(
     company: CompanyStorage, toggles: CompanyToggles | None, zone: tzinfo | None
 ) -> Table:
@@ -56,10 +68,7 @@ def company_summary(
     grid.add_column(style="dim", no_wrap=True)
     grid.add_column()
     grid.add_row("company", Text(f"{company.name} ({company.service_company_id})", style="bold"))
-    grid.add_row(
-        "sync",
-        Text("on", style="bold") if company.sync_enabled else Text("off (not synced)", "bold"),
-    )
+    grid.add_row("sync", sync_state(company))
     grid.add_row("time zone", company.timezone)
     grid.add_row("last synced", timestamp(company.last_synced_at, zone))
     if toggles is not None:
@@ -73,7 +82,7 @@ def _toggle_summary(toggles: CompanyToggles) -> Text:
     for name in PRIVACY_TOGGLES:
         if text:
             text.append(" · ")
-        on_ = effective.get(name) is True
+        on_ = toggle_reading(effective, name)  # as technicians get it, gaps included
         label = toggle_label(name).removeprefix("Display ").lower()
         text.append(label, style="bold" if on_ else "dim strike")
         if name in toggles.overrides:
