@@ -1,7 +1,7 @@
 """The read API under abuse: real ``serve()`` processes on loopback, raw sockets, bounded floods.
 
 Each attack of the hardening issue is repeated here against a served process
-with small limits (a 40-connection cap, a 1 s receive deadline, a 0.5 s
+with small limits (a 40-connection cap, a 3 s receive deadline, a 0.5 s
 keep-alive), and the answer, the time it takes and what it costs the server
 (open descriptors, resident memory, log bytes) are checked. Every loop is
 bounded in count and in time.
@@ -40,7 +40,8 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_CONNECTIONS = 40
-REQUEST_TIMEOUT_S = 1.0
+# Long enough that a loaded machine sets up the busy connections below within it.
+REQUEST_TIMEOUT_S = 3.0
 KEEP_ALIVE_S = 0.5
 OPS_TOKEN = "ops-token-" + "x" * 40
 
@@ -323,7 +324,7 @@ def test_a_slowly_sent_head_gets_408(served: Served) -> None:
         started = time.monotonic()
         sock.sendall(b"GET /healthz HTTP/1.1\r\n")
         answer = b""
-        for _ in range(20):  # one header byte every 100 ms, as a slowloris client does
+        for _ in range(int(REQUEST_TIMEOUT_S * 10) + 20):  # a header byte every 100 ms
             try:
                 sock.sendall(b"X")
             except (BrokenPipeError, ConnectionResetError):
@@ -356,7 +357,7 @@ def test_a_body_trickled_forever_does_not_hold_the_connection(served: Served) ->
         assert status_of(read_answer(sock)) == 200
         started = time.monotonic()
         closed = False
-        for _ in range(60):  # a byte every 100 ms for at most 6 s
+        for _ in range(int(REQUEST_TIMEOUT_S * 10) + 30):  # a byte every 100 ms, bounded
             try:
                 sock.sendall(b"z")
             except (BrokenPipeError, ConnectionResetError):
@@ -390,7 +391,7 @@ def test_a_flood_of_idle_sockets_never_locks_real_clients_out(served: Served) ->
             assert time.monotonic() < deadline, served.open_fds()
             time.sleep(0.05)
         # ...and real clients are served, health checks and schedules alike.
-        assert healthz_latency(served) < 0.5
+        assert healthz_latency(served) < 2.0
         assert schedule(served).status_code == 200
         assert len(flood) == 10 * MAX_CONNECTIONS
     # The evicted sockets were closed by the server, not left half-open.
@@ -405,15 +406,18 @@ def test_when_every_connection_is_busy_new_ones_get_503_but_healthz_answers(
 ) -> None:
     with ExitStack() as stack:
         busy = []
+        started = time.monotonic()
         for _ in range(MAX_CONNECTIONS + 5):
             sock = stack.enter_context(connect(served))
-            # A request whose body never comes: busy until the receive deadline.
+            # A request whose body is still arriving: busy until the receive deadline.
             sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")
             busy.append(sock)
-        for sock in busy[:MAX_CONNECTIONS]:
-            sock.settimeout(5)
-            assert status_of(read_answer(sock)) == 200
+        for sock in busy:
+            assert status_of(read_answer(sock)) == 200  # answered without its body
+            sock.sendall(b"z")  # more body: the request is not over, so the socket is kept
         answer = schedule(served)
+        took = time.monotonic() - started
+        assert took < REQUEST_TIMEOUT_S, f"setting up took {took:.1f}s: the first ones timed out"
         assert answer.status_code == 503
         assert answer.json() == {"error": "server busy: too many connections, retry shortly"}
         assert answer.headers["retry-after"] == "1"
