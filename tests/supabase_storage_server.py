@@ -1,24 +1,41 @@
 """A stand-in for Supabase Storage that answers the way the real server does.
 
-It serves the routes storage3 2.34 calls for buckets and objects under ``/storage/v1`` on a
-real loopback port (the standard library's ``ThreadingHTTPServer`` in a background thread),
-with the storage API's habits that a client must survive (see DESIGN.md, "Supabase Storage,
-as the real server answers"), checked against supabase/storage's source:
+It matches **Supabase Storage v1.70.6** (the version opsdash was run against, file backend,
+behind a ``/storage/v1/`` gateway) for the routes storage3 2.34 calls for buckets and
+objects, on a real loopback port (the standard library's ``ThreadingHTTPServer`` in a
+background thread). Each habit below was observed on that server and checked against
+supabase/storage's sources (``src/http/error-handler.ts``, ``src/internal/errors/codes.ts``,
+``src/storage/database/knex.ts`` and the ``storage.search`` migrations):
 
 - errors are rendered as ``{"statusCode": "<status>", "error", "message", "code"}`` with
-  HTTP 400 for every status but 500 (so a 503 from storage itself is HTTP 400 too);
+  HTTP 400 for every status but 500, except those sent with their own status: 544
+  ``DatabaseTimeout`` and 429 ``SlowDown`` (the pool of storage's database exhausted; since
+  v1.58.19 there is no 503 ``DatabaseConnectionLimit`` any more);
+- an error that is not the API's own (storage's database unreachable) is HTTP 500
+  ``{"statusCode": "500", "error": "Internal", "message": "Internal Server Error"}``;
+- a request without an ``Authorization`` header fails schema validation:
+  ``InvalidRequest`` "headers must have required property 'authorization'" (``error``
+  is ``"Error"``, as for every validation failure);
 - routes behind the JWT check answer a bad token with 403 ``AccessDenied``, while
-  ``GET /object/{bucket}/{path}`` accepts any token and, for a private bucket, answers an
-  unauthenticated caller as if the bucket did not exist (``NoSuchBucket``);
+  ``GET /object/{bucket}/{path}`` lets a bad token through as anonymous and, for a
+  private bucket, answers it as if the bucket did not exist (``NoSuchBucket``);
 - a valid token whose role is not ``service_role`` meets row-level security with no
-  policies: private buckets and their objects are invisible, inserts are refused;
+  policies: private buckets and their objects are invisible, inserts are refused with
+  "new row violates row-level security policy";
 - a multipart upload's ``cacheControl`` field is stored as ``max-age=<value>``, or
-  ``no-cache`` when empty;
-- listing is the storage API 1.x ``storage.search``: a prefix is a folder, matched with
-  ``ILIKE`` (case-insensitive, ``_`` and ``%`` are wildcards), one level at a time.
+  ``no-cache`` when empty; an upsert keeps the object's ``created_at`` and
+  ``last_accessed_at`` and gives it a new ``version``;
+- listing (``storage.search``) matches the prefix case-insensitively with ``_`` and ``%``
+  taken literally, walks names in ``lower(name) COLLATE "C"`` order, and folders that
+  differ only in case merge into one entry spelled as the first name met;
+- bulk delete returns the deleted ``storage.objects`` rows (``owner``/``owner_id`` empty
+  strings for a service key, ``version``, ``user_metadata``);
+- an unknown route is Fastify's own 404, with the path as storage sees it (behind the
+  gateway, without ``/storage/v1``).
 
-``faults`` makes it fail the way an unreachable or overloaded storage does. Not imitated: the
-API gateway's own ``apikey`` check, signed URLs, image transforms, TUS and S3 routes.
+``faults`` makes it fail the way an unreachable, failing or stalled storage does, including
+the gateway's HTML 502 page. Not imitated: the gateway's own ``apikey`` check, signed URLs,
+image transforms, TUS, S3 and ``list-v2`` routes.
 """
 
 from __future__ import annotations
@@ -96,19 +113,43 @@ def access_denied(message: str) -> StorageError:
     return StorageError(403, "Unauthorized", "AccessDenied", message)
 
 
-def row_level_security_refused(table: str) -> StorageError:
-    return access_denied(f'new row violates row-level security policy for table "{table}"')
+def row_level_security_refused() -> StorageError:
+    # Postgres names the table; storage passes on only this much.
+    return access_denied("new row violates row-level security policy")
+
+
+def missing_authorization() -> StorageError:
+    message = "headers must have required property 'authorization'"
+    return StorageError(400, "Error", "InvalidRequest", message)
 
 
 def rendered_status(status: int) -> StorageError:
-    """What storage itself answers when it fails with ``status`` (database down, …)."""
+    """What storage itself answers when its database fails.
+
+    500: the database is unreachable (an error storage does not render itself);
+    544: a query timed out; 429: the connection pool is exhausted.
+    """
     if status == 500:
-        return StorageError(500, "internal", "InternalError", "Internal server error")
-    if status == 429:  # the one error the handler sends with its own HTTP status
+        message = "Internal Server Error"
+        return StorageError(500, "Internal", "InternalError", message)
+    if status == 544:
+        message = "The connection to the database timed out"
+        return StorageError(544, "DatabaseTimeout", "DatabaseTimeout", message, http_status=544)
+    if status == 429:
         message = "Too many connections issued to the database"
         return StorageError(429, "too_many_connections", "SlowDown", message, http_status=429)
-    message = "The database has reached its maximum number of connections. Please try again later."
-    return StorageError(status, "DatabaseConnectionLimit", "DatabaseConnectionLimit", message)
+    raise ValueError(f"Supabase Storage v1.70.6 does not fail with {status} by itself")
+
+
+def gateway_page(status: int) -> bytes:
+    """The HTML page the gateway in front of storage answers with when storage is down."""
+    reason = {502: "Bad Gateway", 503: "Service Temporarily Unavailable", 504: "Gateway Time-out"}
+    title = f"{status} {reason.get(status, 'Error')}"
+    return (
+        f"<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n"
+        f"<center><h1>{title}</h1></center>\r\n<hr><center>nginx</center>\r\n"
+        "</body>\r\n</html>\r\n"
+    ).encode()
 
 
 # --- state ----------------------------------------------------------------------------------
@@ -130,6 +171,7 @@ class StoredObject:
     cache_control: str
     created_at: datetime
     updated_at: datetime
+    version: str = field(default_factory=lambda: str(uuid.uuid4()))
 
     @property
     def etag(self) -> str:
@@ -151,14 +193,17 @@ class StoredObject:
         return {
             "bucket_id": bucket_id,
             "name": name,
-            "owner": None,
-            "owner_id": None,
-            "version": None,
+            # A service key has no user id: storage stores the empty string, not NULL.
+            "owner": "",
+            "owner_id": "",
+            "version": self.version,
             "id": self.id,
             "updated_at": _iso(self.updated_at),
             "created_at": _iso(self.created_at),
-            "last_accessed_at": _iso(self.updated_at),
+            # Only downloads through signed URLs touch it: an upsert keeps the creation time.
+            "last_accessed_at": _iso(self.created_at),
             "metadata": self.metadata(),
+            "user_metadata": None,
         }
 
 
@@ -199,9 +244,14 @@ ANONYMOUS = Caller(authenticated=False, role="anon")
 class StorageFaults:
     """What goes wrong with every request while set; tests flip these on a running server."""
 
-    gateway_status: int | None = None  # the API gateway answers this, storage never sees it
-    storage_status: int | None = None  # storage itself fails with this status (rendered)
+    gateway_status: int | None = None  # the gateway answers this HTML page; storage never sees it
+    storage_status: int | None = None  # storage's database fails: 500, 544 or 429
     drop_connections: bool = False  # the connection closes without an answer
+    stall: bool = False  # requests hang, unanswered, until this is switched off
+
+    def clear(self) -> None:
+        self.gateway_status = self.storage_status = None
+        self.drop_connections = self.stall = False
 
 
 @dataclass(frozen=True)
@@ -232,52 +282,47 @@ class Reply:
 # --- listing: storage.search ---------------------------------------------------------------
 
 
-def ilike(pattern: str) -> re.Pattern[str]:
-    """Postgres ``ILIKE``: ``%`` any run, ``_`` any one character, ``\\`` escapes."""
-    parts: list[str] = []
-    characters = iter(pattern)
-    for character in characters:
-        if character == "\\":
-            parts.append(re.escape(next(characters, "\\")))
-        elif character == "%":
-            parts.append(".*")
-        elif character == "_":
-            parts.append(".")
-        else:
-            parts.append(re.escape(character))
-    return re.compile("".join(parts), re.IGNORECASE | re.DOTALL)
-
-
 def search(bucket: Bucket, body: dict[str, Any]) -> list[dict[str, Any]]:
-    """``POST /object/list/{bucket}``: folders first, then the objects of that level."""
+    """``POST /object/list/{bucket}``: one folder level, as ``storage.search`` walks it.
+
+    Sorted by name, it seeks through ``lower(name) COLLATE "C"``: the prefix (plus
+    ``search``) matches case-insensitively and literally, each folder is one entry spelled
+    as the first name met in it, and folders and files come in that one order.
+    """
     prefix = body.get("prefix") or ""
     if prefix and not prefix.endswith("/"):
         prefix += "/"  # "assuming prefix is always a folder"
-    levels = len(prefix.split("/"))
-    matcher = ilike(prefix + (body.get("search") or "") + "%")
+    wanted = (prefix + (body.get("search") or "")).lower()
     sort_by = body.get("sortBy") or {}
     descending = str(sort_by.get("order", "asc")).lower() == "desc"
-    folders: set[str] = set()
+    column = str(sort_by.get("column", "name"))
+    names = sorted(
+        (name for name in bucket.objects if name.lower().startswith(wanted)),
+        key=lambda name: (name.lower().encode(), name.encode()),
+        reverse=descending,
+    )
+    folders: dict[str, str] = {}  # lower-case folder → its first spelling
+    entries: list[dict[str, Any]] = []
     files: list[tuple[str, StoredObject]] = []
-    for name, stored in bucket.objects.items():
-        if not matcher.fullmatch(name):
-            continue
-        tokens = name.split("/")
-        if len(tokens) == levels:
-            files.append((tokens[levels - 1], stored))
-        elif len(tokens) > levels:
-            folders.add(tokens[levels - 1])
-    files.sort(key=_file_sort_key(str(sort_by.get("column", "name"))), reverse=descending)
-    entries = [_folder_entry(name) for name in sorted(folders, reverse=descending)]
-    entries += [_file_entry(name, stored) for name, stored in files]
+    for name in names:
+        rest = name[len(prefix) :]
+        if "/" in rest:
+            folder = rest.split("/", 1)[0]
+            if folder.lower() not in folders:
+                folders[folder.lower()] = folder
+                entries.append(_folder_entry(folder))
+        else:
+            files.append((rest, bucket.objects[name]))
+            entries.append(_file_entry(rest, bucket.objects[name]))
+    if column != "name":
+        # Another sort column: folders first, then the files in that column's order.
+        files.sort(
+            key=lambda item: getattr(item[1], column, item[1].updated_at), reverse=descending
+        )
+        entries = [entry for entry in entries if entry["id"] is None]
+        entries += [_file_entry(name, stored) for name, stored in files]
     offset, limit = int(body.get("offset") or 0), int(body.get("limit") or 100)
     return entries[offset : offset + limit]
-
-
-def _file_sort_key(column: str) -> Any:
-    if column in {"created_at", "updated_at", "last_accessed_at"}:
-        return lambda item: (getattr(item[1], column, item[1].updated_at), item[0])
-    return lambda item: item[0]
 
 
 def _folder_entry(name: str) -> dict[str, Any]:
@@ -297,7 +342,7 @@ def _file_entry(name: str, stored: StoredObject) -> dict[str, Any]:
         "id": stored.id,
         "updated_at": _iso(stored.updated_at),
         "created_at": _iso(stored.created_at),
-        "last_accessed_at": _iso(stored.updated_at),
+        "last_accessed_at": _iso(stored.created_at),
         "metadata": stored.metadata(),
     }
 
@@ -370,8 +415,13 @@ class SupabaseStorageStandIn:
         return self.mint_key(SERVICE_ROLE)
 
     def _caller(self, request: Request, *, allow_invalid_jwt: bool = False) -> Caller:
-        """The storage API's JWT plugin (``allowInvalidJwt`` lets a bad token through as anon)."""
-        token = _BEARER.sub("", request.headers.get("authorization", ""))
+        """The storage API's JWT plugin (``allowInvalidJwt`` lets a bad token through as anon).
+
+        The header itself is required by every route's schema, checked before the token.
+        """
+        if "authorization" not in request.headers:
+            raise missing_authorization()
+        token = _BEARER.sub("", request.headers["authorization"])
         if not token and allow_invalid_jwt:
             return ANONYMOUS
         try:
@@ -425,10 +475,15 @@ class SupabaseStorageStandIn:
 
     def handle(self, request: Request) -> Reply | None:
         """The reply to one request; ``None`` drops the connection unanswered."""
+        while self.faults.stall and self._httpd is not None:
+            time.sleep(0.02)  # hangs like a storage whose database stopped answering
         if self.faults.drop_connections:
             return None
         if self.faults.gateway_status is not None:
-            return Reply.json({"message": "upstream unavailable"}, self.faults.gateway_status)
+            headers = {"Content-Type": "text/html"}
+            return Reply(
+                self.faults.gateway_status, gateway_page(self.faults.gateway_status), headers
+            )
         try:
             if self.faults.storage_status is not None:
                 raise rendered_status(self.faults.storage_status)
@@ -477,7 +532,7 @@ class SupabaseStorageStandIn:
         body = request.json()
         bucket_id = str(body.get("id") or body.get("name") or "")
         if not caller.bypasses_row_level_security:
-            raise row_level_security_refused("buckets")
+            raise row_level_security_refused()
         if bucket_id in self.buckets:
             raise bucket_already_exists()
         self.buckets[bucket_id] = Bucket(bucket_id, bool(body.get("public", False)))
@@ -517,7 +572,7 @@ class SupabaseStorageStandIn:
         if bucket is None:
             raise no_such_bucket()
         if not caller.bypasses_row_level_security:
-            raise row_level_security_refused("objects")
+            raise row_level_security_refused()
         existing = bucket.objects.get(name)
         if existing is not None and not upsert:
             raise key_already_exists()
@@ -555,7 +610,7 @@ class SupabaseStorageStandIn:
         prefixes = request.json().get("prefixes")
         if not isinstance(prefixes, list) or not prefixes:
             message = "body/prefixes must NOT have fewer than 1 items"
-            raise StorageError(400, "Bad Request", "InvalidRequest", message)
+            raise StorageError(400, "Error", "InvalidRequest", message)
         bucket = self.buckets.get(bucket_id)
         if bucket is None or not caller.bypasses_row_level_security:
             return Reply.json([])
@@ -616,8 +671,9 @@ class SupabaseStorageStandIn:
 
 
 def _route_not_found(request: Request) -> Reply:
-    # Fastify's own 404, which does not go through the storage error renderer.
-    message = f"Route {request.method}:/storage/v1/{request.path} not found"
+    # Fastify's own 404, which does not go through the storage error renderer. Storage sits
+    # behind the gateway, so the path it names has no /storage/v1 in front.
+    message = f"Route {request.method}:/{request.path} not found"
     return Reply.json({"message": message, "error": "Not Found", "statusCode": 404}, 404)
 
 

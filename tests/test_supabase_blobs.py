@@ -1,4 +1,4 @@
-"""SupabaseBlobStore against a stand-in that answers like Supabase Storage (storage API 1.11).
+"""SupabaseBlobStore against a stand-in that answers like Supabase Storage v1.70.6.
 
 The first tests pin the stand-in to DESIGN.md's description of the real server, so the store
 tests after them prove something about the real thing. What the store raises when a key is
@@ -11,6 +11,7 @@ ends in BlobStoreUnavailable naming the service role key, never in BlobNotFound.
 from __future__ import annotations
 
 import hashlib
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ from opsdash.demo.server import DemoUpstream
 from opsdash.engine.blobs import (
     BlobInfo,
     BlobNotFound,
+    BlobStorePublic,
     BlobStoreUnavailable,
     InvalidBlobPath,
     LocalBlobStore,
@@ -54,7 +56,7 @@ def storage() -> Iterator[SupabaseStorageStandIn]:
 def make_store(storage: SupabaseStorageStandIn) -> Iterator[StoreFactory]:
     stores: list[SupabaseBlobStore] = []
 
-    def make(key: str | None = None, **options: int) -> SupabaseBlobStore:
+    def make(key: str | None = None, **options: float) -> SupabaseBlobStore:
         store = SupabaseBlobStore(storage.url, key or storage.service_role_key, **options)
         stores.append(store)
         return store
@@ -98,60 +100,177 @@ def _duplicate_bucket(storage: SupabaseStorageStandIn) -> httpx.Response:
     return call_api(storage, "POST", "bucket", json={"id": BUCKET, "name": BUCKET})
 
 
-def _database_overloaded(storage: SupabaseStorageStandIn) -> httpx.Response:
-    storage.faults.storage_status = 503
-    return call_api(storage, "GET", f"bucket/{BUCKET}")
+def _storage_database(status: int) -> Callable[[SupabaseStorageStandIn], httpx.Response]:
+    def send(storage: SupabaseStorageStandIn) -> httpx.Response:
+        storage.faults.storage_status = status
+        return call_api(storage, "GET", f"bucket/{BUCKET}")
+
+    return send
 
 
+def _without_authorization(storage: SupabaseStorageStandIn) -> httpx.Response:
+    url = f"{storage.url}/storage/v1/object/list/{BUCKET}"
+    return httpx.post(url, json={"prefix": ""}, timeout=5)
+
+
+DATABASE_TIMED_OUT = "The connection to the database timed out"
+TOO_MANY_CONNECTIONS = "Too many connections issued to the database"
+
+# (what is sent) → (HTTP status, body statusCode, error, code, message)
 ERROR_ANSWERS = {
     "missing object": (
         lambda s: call_api(s, "GET", f"object/authenticated/{BUCKET}/{PATH}"),
-        ("404", "not_found", "NoSuchKey", "Object not found"),
+        (400, "404", "not_found", "NoSuchKey", "Object not found"),
     ),
     "missing bucket": (
         lambda s: call_api(s, "GET", "bucket/no-such-bucket"),
-        ("404", "Bucket not found", "NoSuchBucket", "Bucket not found"),
+        (400, "404", "Bucket not found", "NoSuchBucket", "Bucket not found"),
     ),
     "upload over an existing object": (
         _duplicate_upload,
-        ("409", "Duplicate", "KeyAlreadyExists", "The resource already exists"),
+        (400, "409", "Duplicate", "KeyAlreadyExists", "The resource already exists"),
     ),
     "existing bucket": (
         _duplicate_bucket,
-        ("409", "Duplicate", "BucketAlreadyExists", "The resource already exists"),
+        (400, "409", "Duplicate", "BucketAlreadyExists", "The resource already exists"),
     ),
     "forged token": (
         lambda s: call_api(
             s, "POST", f"object/list/{BUCKET}", key=s.mint_key(secret="x" * 40), json={}
         ),
-        ("403", "Unauthorized", "AccessDenied", "signature verification failed"),
+        (400, "403", "Unauthorized", "AccessDenied", "signature verification failed"),
     ),
     "token that is not a JWT": (
         lambda s: call_api(s, "GET", f"object/authenticated/{BUCKET}/{PATH}", key="sb_secret_x"),
-        ("403", "Unauthorized", "AccessDenied", "Invalid Compact JWS"),
+        (400, "403", "Unauthorized", "AccessDenied", "Invalid Compact JWS"),
     ),
     "forged token on the download route": (
         lambda s: call_api(s, "GET", f"object/{BUCKET}/{PATH}", key=s.mint_key(secret="x" * 40)),
-        ("404", "Bucket not found", "NoSuchBucket", "Bucket not found"),
+        (400, "404", "Bucket not found", "NoSuchBucket", "Bucket not found"),
     ),
-    "storage failing with 503": (
-        _database_overloaded,
-        ("503", "DatabaseConnectionLimit", "DatabaseConnectionLimit", None),
+    "no Authorization header": (
+        _without_authorization,
+        (
+            400,
+            "400",
+            "Error",
+            "InvalidRequest",
+            "headers must have required property 'authorization'",
+        ),
+    ),
+    "upload refused by row-level security": (
+        lambda s: call_api(
+            s,
+            "POST",
+            f"object/{BUCKET}/{PATH}",
+            key=s.mint_key("anon"),
+            files={"file": ("schedule.json", DOCUMENT, "application/json")},
+        ),
+        (400, "403", "Unauthorized", "AccessDenied", "new row violates row-level security policy"),
+    ),
+    "empty bulk delete": (
+        lambda s: call_api(s, "DELETE", f"object/{BUCKET}", json={"prefixes": []}),
+        (400, "400", "Error", "InvalidRequest", "body/prefixes must NOT have fewer than 1 items"),
+    ),
+    "storage's database unreachable": (
+        _storage_database(500),
+        (500, "500", "Internal", "InternalError", "Internal Server Error"),
+    ),
+    "storage's database timing out": (
+        _storage_database(544),
+        (
+            544,
+            "544",
+            "DatabaseTimeout",
+            "DatabaseTimeout",
+            "The connection to the database timed out",
+        ),
+    ),
+    "storage's database out of connections": (
+        _storage_database(429),
+        (
+            429,
+            "429",
+            "too_many_connections",
+            "SlowDown",
+            "Too many connections issued to the database",
+        ),
     ),
 }
 
 
 @pytest.mark.parametrize("case", ERROR_ANSWERS.values(), ids=ERROR_ANSWERS.keys())
-def test_stand_in_answers_errors_as_http_400_with_the_status_as_a_string(
+def test_stand_in_answers_errors_as_supabase_storage_1_70_6(
     storage: SupabaseStorageStandIn, case
 ) -> None:
     storage.create_bucket(BUCKET)
-    send, (status, error, code, message) = case
+    send, (http_status, status, error, code, message) = case
     answer = send(storage)
-    assert answer.status_code == 400
+    assert answer.status_code == http_status
     body = answer.json()
-    assert (body["statusCode"], body["error"], body["code"]) == (status, error, code)
-    assert message is None or body["message"] == message
+    assert (body["statusCode"], body["error"], body["code"], body["message"]) == (
+        status,
+        error,
+        code,
+        message,
+    )
+
+
+def test_stand_in_has_no_503_database_connection_limit(storage: SupabaseStorageStandIn) -> None:
+    # Since v1.58.19 an exhausted pool is 429 SlowDown; 503 is only ever the gateway's.
+    storage.faults.storage_status = 503
+    storage.create_bucket(BUCKET)
+    with pytest.raises(httpx.HTTPError):
+        call_api(storage, "GET", f"bucket/{BUCKET}")
+
+
+def test_stand_in_behind_a_failing_gateway_answers_an_html_page(
+    storage: SupabaseStorageStandIn,
+) -> None:
+    storage.faults.gateway_status = 502
+    answer = call_api(storage, "GET", f"bucket/{BUCKET}")
+    assert answer.status_code == 502
+    assert answer.headers["content-type"].startswith("text/html")
+    assert answer.text.startswith("<html>") and "502 Bad Gateway" in answer.text
+
+
+def test_stand_in_unknown_route_names_the_path_storage_sees(
+    storage: SupabaseStorageStandIn,
+) -> None:
+    answer = call_api(storage, "GET", "no/such/route")
+    assert answer.status_code == 404
+    assert answer.json() == {
+        "message": "Route GET:/no/such/route not found",
+        "error": "Not Found",
+        "statusCode": 404,
+    }
+
+
+def _names(storage: SupabaseStorageStandIn, prefix: str) -> list[str]:
+    answer = call_api(storage, "POST", f"object/list/{BUCKET}", json={"prefix": prefix})
+    return [entry["name"] for entry in answer.json()]
+
+
+def test_stand_in_lists_prefixes_case_insensitively_and_literally(
+    storage: SupabaseStorageStandIn,
+) -> None:
+    storage.create_bucket(BUCKET)
+    for name in ["acme_co/a.json", "acmeXco/b.json", "ACME_CO/c.json", "50%/d.json", "50x/e.json"]:
+        storage.put_object(BUCKET, name, b"{}")
+    # "_" and "%" are not wildcards; "ACME_CO" and "acme_co" are one prefix.
+    assert _names(storage, "acme_co") == ["a.json", "c.json"]
+    assert _names(storage, "50%") == ["d.json"]
+
+
+def test_stand_in_merges_folders_differing_in_case_and_sorts_in_lower_case(
+    storage: SupabaseStorageStandIn,
+) -> None:
+    storage.create_bucket(BUCKET)
+    for name in ["Beta/1.json", "beta/2.json", "alpha/3.json", "Zulu/4.json", "a.json", "B.json"]:
+        storage.put_object(BUCKET, name, b"{}")
+    # One walk in lower(name) order: folders and files together, a folder spelled as the
+    # first name met in it ("Beta/1.json" sorts before "beta/2.json" in bytes).
+    assert _names(storage, "") == ["a.json", "alpha", "B.json", "Beta", "Zulu"]
 
 
 def test_stand_in_success_answers_have_the_real_shapes(storage: SupabaseStorageStandIn) -> None:
@@ -192,8 +311,18 @@ def test_stand_in_success_answers_have_the_real_shapes(storage: SupabaseStorageS
         "httpStatusCode",
     }
 
+    first = storage.object(BUCKET, PATH)
+    assert first is not None
+    upload(storage, PATH, upsert=True)
     bulk = call_api(storage, "DELETE", f"object/{BUCKET}", json={"prefixes": [PATH]}).json()
-    assert [row["name"] for row in bulk] == [PATH]
+    [row] = bulk
+    assert row["name"] == PATH
+    assert (row["owner"], row["owner_id"]) == ("", "")
+    assert "user_metadata" in row
+    assert uuid.UUID(row["version"]) and row["version"] != first.version  # a new version
+    # An upsert keeps the creation time in last_accessed_at.
+    assert row["last_accessed_at"] == row["created_at"]
+    assert row["updated_at"] >= row["created_at"]
     again = call_api(storage, "DELETE", f"object/{BUCKET}", json={"prefixes": [PATH]})
     assert again.json() == []
     upload(storage, PATH)
@@ -339,9 +468,10 @@ def test_a_wrong_key_is_a_clear_error_and_never_blob_not_found(
 # --- storage down or failing ---------------------------------------------------------------
 
 FAULTS: dict[str, Callable[[SupabaseStorageStandIn], None]] = {
+    "gateway answers 502": lambda s: setattr(s.faults, "gateway_status", 502),
     "gateway answers 503": lambda s: setattr(s.faults, "gateway_status", 503),
-    "storage answers 503 as HTTP 400": lambda s: setattr(s.faults, "storage_status", 503),
     "storage answers 500": lambda s: setattr(s.faults, "storage_status", 500),
+    "storage answers 544": lambda s: setattr(s.faults, "storage_status", 544),
     "storage answers 429": lambda s: setattr(s.faults, "storage_status", 429),
     "connections dropped": lambda s: setattr(s.faults, "drop_connections", True),
     "server stopped": lambda s: s.stop(),
@@ -360,6 +490,79 @@ def test_storage_down_or_failing_is_unavailable(
     fault(storage)
     with pytest.raises(BlobStoreUnavailable):
         operation(store)
+
+
+@pytest.mark.parametrize("fault", FAULTS.values(), ids=FAULTS.keys())
+def test_storage_errors_are_one_short_line_never_a_page(
+    storage: SupabaseStorageStandIn,
+    store: SupabaseBlobStore,
+    fault: Callable[[SupabaseStorageStandIn], None],
+) -> None:
+    store.put(PATH, b"{}")
+    fault(storage)
+    with pytest.raises(BlobStoreUnavailable) as raised:
+        store.get(PATH)
+    message = str(raised.value)
+    assert "\n" not in message and "<" not in message and len(message) < 300, message
+    assert raised.value.__cause__ is None  # no chained traceback to log
+
+
+def test_a_stalled_storage_is_unavailable_within_the_read_timeout(
+    storage: SupabaseStorageStandIn, make_store: StoreFactory
+) -> None:
+    store = make_store(read_timeout_s=0.3, connect_timeout_s=0.3)
+    store.ensure_bucket()
+    store.put(PATH, b"{}")
+    storage.faults.stall = True
+    for operation in (store.ping, lambda: store.get(PATH), lambda: store.put(PATH, b"{}")):
+        started = time.monotonic()
+        with pytest.raises(BlobStoreUnavailable, match="timed out"):
+            operation()
+        assert time.monotonic() - started < 2.0
+    storage.faults.clear()
+    assert store.get(PATH) == b"{}"
+
+
+def test_a_gateway_page_becomes_its_title(
+    storage: SupabaseStorageStandIn, store: SupabaseBlobStore
+) -> None:
+    storage.faults.gateway_status = 502
+    with pytest.raises(BlobStoreUnavailable) as raised:
+        store.ping()
+    assert (
+        str(raised.value) == "Supabase Storage is failing (HTTP 502 InternalError: 502 Bad Gateway)"
+    )
+
+
+def test_a_bucket_made_public_fails_ping(
+    storage: SupabaseStorageStandIn, store: SupabaseBlobStore
+) -> None:
+    store.ping()
+    storage.buckets[BUCKET].public = True
+    with pytest.raises(BlobStorePublic, match="is public"):
+        store.ping()
+
+
+def test_list_days_and_delete_many_match_the_local_store(
+    store: SupabaseBlobStore, make_store: StoreFactory, tmp_path: Path
+) -> None:
+    local = LocalBlobStore(tmp_path / "blobs")
+    paths = [schedule_path("1001", f"2026-12-0{day}") for day in range(1, 6)]
+    paths.append(schedule_path("1002", "2026-12-01"))
+    for path in paths:
+        store.put(path, b"{}")
+        local.put(path, b"{}")
+    assert (
+        set(store.list_days("1001"))
+        == set(local.list_days("1001"))
+        == {f"2026-12-0{day}" for day in range(1, 6)}
+    )
+    assert local.list_days("1001")["2026-12-01"] == 2
+    assert store.list_days("9999") == local.list_days("9999") == {}
+    doomed = [*paths[:3], schedule_path("1001", "2026-11-01")]  # one that is not there
+    assert store.delete_many(doomed) == local.delete_many(doomed) == 3
+    assert [info.path for info in store.list()] == [info.path for info in local.list()]
+    assert [info.path for info in store.list()] == paths[3:]
 
 
 # --- the engine end to end -----------------------------------------------------------------

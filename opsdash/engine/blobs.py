@@ -6,6 +6,7 @@ no id or date from the upstream or a request can escape the store's root.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -36,7 +37,15 @@ class BlobNotFound(LookupError):
 
 
 class BlobStoreUnavailable(RuntimeError):
-    """Storage could not be reached; the caller may retry."""
+    """Storage cannot be used right now (unreachable, failing, key refused, bucket missing).
+
+    None of these is a job's fault: workers wait for storage to come back instead of
+    spending the job's attempts (see :mod:`opsdash.engine.storage_gate`).
+    """
+
+
+class BlobStorePublic(BlobStoreUnavailable):
+    """The bucket is public: anyone could read the schedules in it."""
 
 
 def schedule_path(service_company_id: str, day: date | str) -> str:
@@ -64,6 +73,20 @@ class BlobInfo:
     size: int
 
 
+# Connect and read timeouts of every storage call, unless the settings say otherwise:
+# a stalled storage must turn into an error within seconds, never a hung worker or request.
+DEFAULT_CONNECT_TIMEOUT_S = 3.0
+DEFAULT_READ_TIMEOUT_S = 5.0
+# Objects per bulk remove request (the storage API accepts up to 1,000 names at once).
+REMOVE_BATCH = 500
+
+
+def day_of(path: str) -> str | None:
+    """The date folder of a ``{company}/{date}/schedule.json`` path."""
+    parts = path.split("/")
+    return parts[1] if len(parts) == 3 else None
+
+
 class BlobStore(Protocol):
     """Where schedule documents live. Paths come from :func:`schedule_path`."""
 
@@ -74,6 +97,18 @@ class BlobStore(Protocol):
     def delete(self, path: str) -> None: ...
 
     def list(self, prefix: str = "") -> list[BlobInfo]: ...
+
+    def list_days(self, service_company_id: str) -> dict[str, int | None]:
+        """The company's stored days (date folder → size in bytes, or None when the
+        store cannot tell the size without one more request per day).
+
+        One listing of the company's folder, so a sync can notice a lost object cheaply.
+        """
+        ...
+
+    def delete_many(self, paths: list[str]) -> int:
+        """Remove many objects in a few requests; returns how many were removed."""
+        ...
 
     def ping(self) -> None:
         """Raise :class:`BlobStoreUnavailable` when the store cannot be reached."""
@@ -136,6 +171,28 @@ class LocalBlobStore:
             key=lambda info: info.path,
         )
 
+    def list_days(self, service_company_id: str) -> dict[str, int | None]:
+        folder = self._file(service_company_id)
+        if not folder.is_dir():
+            return {}
+        days: dict[str, int | None] = {}
+        for day in folder.iterdir():
+            leaf = day / "schedule.json"
+            if leaf.is_file():
+                days[day.name] = leaf.stat().st_size
+        return days
+
+    def delete_many(self, paths: list[str]) -> int:
+        removed = 0
+        for path in paths:
+            target = self._file(path)
+            if target.exists():
+                target.unlink()
+                removed += 1
+            with contextlib.suppress(OSError):
+                target.parent.rmdir()  # an empty date folder goes too; a full one stays
+        return removed
+
     def close(self) -> None:
         """Nothing to release: files are opened per call."""
 
@@ -151,17 +208,23 @@ class SupabaseBlobStore:
     body; storage3 raises ``StorageApiError`` with that string as ``status`` and the body's
     ``error`` field as ``code``. :meth:`_translate` maps them onto the exceptions
     :class:`LocalBlobStore` raises: :class:`BlobNotFound` for a missing object,
-    :class:`BlobStoreUnavailable` for whatever makes the store unusable (unreachable, 5xx,
-    429, a rejected key, a missing bucket), with a message that names the cause.
+    :class:`BlobStoreUnavailable` for whatever makes the store unusable (unreachable, 5xx
+    such as a gateway's 502 or storage's 544 database timeout, 429, a rejected key, a
+    missing bucket), with a one-line message that names the cause: never a gateway's HTML
+    page, never a traceback.
+
+    Every call has connect and read timeouts, so a stalled storage is an error within
+    seconds.
 
     A wrong key can look like a missing object: ``GET /object/{bucket}/{path}``, the route
     ``download()`` uses, answers a rejected token as "Bucket not found", and row-level
     security hides a private bucket's objects from any key but the service role key, so
     they read as missing and folders as empty. Every "nothing there" answer is therefore
-    believed only after :meth:`ping` (an authenticated bucket lookup) has passed.
+    believed only after :meth:`ping` (an authenticated bucket lookup) has passed. The same
+    lookup checks that the bucket is still private.
 
-    Listing matches prefixes case-insensitively (and storage API 1.x treats ``_`` as a LIKE
-    wildcard), so company ids differing only in case or at an ``_`` would share listings.
+    Listing matches prefixes case-insensitively, so company ids differing only in case
+    would share listings (their folders merge).
     """
 
     LEAF = "schedule.json"
@@ -173,15 +236,25 @@ class SupabaseBlobStore:
         bucket: str = "schedule-data",
         *,
         list_page_size: int = 1000,
+        connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+        read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
     ) -> None:
+        import httpx
         from storage3 import SyncStorageClient
 
         self.bucket = bucket
         self._url = url.rstrip("/")
         self._list_page_size = list_page_size
         headers = {"apikey": service_role_key, "Authorization": f"Bearer {service_role_key}"}
+        # storage3's own client has one overall timeout (and no connect bound of its own):
+        # this one gives up connecting after connect_timeout_s and waiting for an answer
+        # after read_timeout_s.
+        session = httpx.Client(
+            timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s),
+            follow_redirects=True,
+        )
         # storage3 joins routes onto this URL; without the trailing slash it warns on every start.
-        self._client = SyncStorageClient(f"{self._url}/storage/v1/", headers)
+        self._client = SyncStorageClient(f"{self._url}/storage/v1/", headers, http_client=session)
 
     @property
     def description(self) -> str:
@@ -215,6 +288,16 @@ class SupabaseBlobStore:
         if not removed:
             self.ping()  # nothing removed is also what a key without access gets
 
+    def delete_many(self, paths: list[str]) -> int:
+        keys = [self._object_key(path) for path in paths]
+        removed = 0
+        for start in range(0, len(keys), REMOVE_BATCH):
+            batch = keys[start : start + REMOVE_BATCH]
+            removed += len(self._call(lambda batch=batch: self._bucket().remove(batch)))
+        if keys and not removed:
+            self.ping()  # nothing removed is also what a key without access gets
+        return removed
+
     def list(self, prefix: str = "") -> list[BlobInfo]:
         # Storage lists one folder level at a time: company/ → date/ → schedule.json.
         top = prefix.strip("/")
@@ -232,6 +315,18 @@ class SupabaseBlobStore:
         if not found:
             self.ping()  # an empty listing is also what a key without access gets
         return sorted(found, key=lambda info: info.path)
+
+    def list_days(self, service_company_id: str) -> dict[str, int | None]:
+        # One level: the company's date folders. A folder exists only while an object is
+        # in it, and schedule.json is the only object opsdash keeps there; the size would
+        # cost one more request per day, so it is left to `opsdash verify`.
+        folder = self._object_key(service_company_id)
+        days: dict[str, int | None] = {
+            entry["name"]: None for entry in self._folder_entries(folder) if entry.get("id") is None
+        }
+        if not days:
+            self.ping()  # an empty listing is also what a key without access gets
+        return days
 
     @staticmethod
     def _object_key(path: str) -> str:
@@ -251,7 +346,8 @@ class SupabaseBlobStore:
                 return entries
 
     def ping(self) -> None:
-        self._call(lambda: self._client.get_bucket(self.bucket))
+        """An authenticated bucket lookup: reachable, the key accepted, the bucket private."""
+        self._refuse_public_bucket(self._call(lambda: self._client.get_bucket(self.bucket)))
 
     def ensure_bucket(self) -> None:
         """Create the private bucket if it does not exist yet; refuse an existing public one."""
@@ -262,13 +358,12 @@ class SupabaseBlobStore:
         except StorageApiError as error:
             if str(error.status) != "409":
                 raise
-            self._refuse_public_bucket()
+            self.ping()
 
-    def _refuse_public_bucket(self) -> None:
+    def _refuse_public_bucket(self, existing: Any) -> None:
         # Schedule documents hold customer addresses, phone numbers and access codes.
-        existing = self._call(lambda: self._client.get_bucket(self.bucket))
         if existing.public:
-            raise BlobStoreUnavailable(
+            raise BlobStorePublic(
                 f"bucket {self.bucket!r} is public, so anyone could read the schedules in it: "
                 "make it private in Supabase Storage"
             )
@@ -283,27 +378,75 @@ class SupabaseBlobStore:
             translated = self._translate(error, missing_path)
             if translated is error:
                 raise
-            raise translated from error
+            raise translated from None
         except httpx.TransportError as error:
             raise BlobStoreUnavailable(
-                f"Supabase Storage at {self._url} is unreachable: {error!r}"
-            ) from error
+                f"Supabase Storage at {self._url} is unreachable: {describe_transport_error(error)}"
+            ) from None
 
     def _translate(self, error: StorageApiError, missing_path: str | None) -> Exception:
         """The store's exception for a storage API error; unexpected ones pass through."""
         status = str(error.status)
+        reason = short_reason(error)
         if status == "404" and missing_path is not None:
             return BlobNotFound(missing_path)
         if status == "404":
             return BlobStoreUnavailable(
-                f"bucket {self.bucket!r} not found ({error.message}): it does not exist, or the "
+                f"bucket {self.bucket!r} not found ({reason}): it does not exist, or the "
                 "key is not the service role key (row-level security hides it from other keys)"
             )
         if status in {"401", "403"}:
             return BlobStoreUnavailable(
-                f"Supabase Storage refused the key ({error.message}): "
+                f"Supabase Storage refused the key ({reason}): "
                 "SUPABASE_SERVICE_ROLE_KEY must be the project's service role key"
             )
         if status.startswith("5") or status == "429":
-            return BlobStoreUnavailable(f"Supabase Storage answered {status}: {error.message}")
+            return BlobStoreUnavailable(f"Supabase Storage is failing ({reason})")
         return error
+
+
+_HTML_TITLE = re.compile(r"<title>\s*(.*?)\s*</title>", re.IGNORECASE | re.DOTALL)
+_TAG = re.compile(r"<[^>]+>")
+_REASON_LIMIT = 160
+
+
+def first_line(text: str, limit: int = _REASON_LIMIT) -> str:
+    """The first non-empty line of ``text`` (an HTML page's title), at most ``limit`` long."""
+    title = _HTML_TITLE.search(text)
+    if title:
+        text = title.group(1)
+    elif "<" in text and ">" in text:
+        text = _TAG.sub("\n", text)
+    line = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def short_reason(error: StorageApiError) -> str:
+    """ "HTTP <status> <code>: <first line>" — what a log line or a job error can carry.
+
+    A gateway in front of storage answers outages with an HTML page; storage3 puts the
+    whole page into the message, and it must never travel further than this.
+    """
+    message = str(error.message)
+    for wrapper in ("Unable to parse error message: ", "could not parse error message response:"):
+        if wrapper in message:
+            message = message.split(wrapper, 1)[1].strip("'")
+    code = str(error.code) if error.code else ""
+    reason = first_line(message)
+    return f"HTTP {error.status} {code}: {reason}" if code else f"HTTP {error.status}: {reason}"
+
+
+def describe_transport_error(error: Exception) -> str:
+    """A timeout or a refused connection in one short line."""
+    import httpx
+
+    if isinstance(error, httpx.TimeoutException):
+        kind = {
+            httpx.ConnectTimeout: "connect timed out",
+            httpx.ReadTimeout: "no answer in time (read timed out)",
+            httpx.WriteTimeout: "write timed out",
+            httpx.PoolTimeout: "no free connection in time",
+        }.get(type(error), "timed out")
+        return kind
+    text = first_line(str(error)) or type(error).__name__
+    return f"{type(error).__name__}: {text}"
