@@ -51,6 +51,14 @@ class Settings(BaseSettings):
     database_url: str | None = Field(default=None, validation_alias=_env("DATABASE_URL"))
     blob_backend: Literal["auto", "local", "supabase"] = "auto"
     blob_bucket: str = "schedule-data"
+    # Every storage call gives up connecting / waiting for an answer after these.
+    storage_connect_timeout_s: float = Field(default=3.0, gt=0)
+    storage_read_timeout_s: float = Field(default=5.0, gt=0)
+    # How often a running engine rechecks that storage answers and the bucket is private.
+    storage_check_interval_s: float = Field(default=60.0, gt=0)
+    # Schedule days older than this many days before the company's local today are
+    # removed from storage and schedule_data by the hourly maintenance.
+    schedule_retention_days: int = Field(default=30, ge=1)
 
     supabase_url: str | None = Field(default=None, validation_alias=_env("SUPABASE_URL"))
     supabase_service_role_key: str | None = Field(

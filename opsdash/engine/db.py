@@ -6,6 +6,7 @@ or transaction they need.
 
 from __future__ import annotations
 
+import fcntl
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -111,6 +112,35 @@ class Database:
             return True
         key = func.hashtextextended(str(company_id), 0)
         return bool(conn.execute(select(func.pg_try_advisory_xact_lock(key))).scalar())
+
+    @contextmanager
+    def exclusive(self, name: str) -> Iterator[bool]:
+        """Run maintenance called ``name`` in one process at a time; yields whether this
+        one got the turn (the others skip it rather than wait).
+
+        Postgres: a transaction-level advisory lock, held by a transaction that stays open
+        for the duration and released at its end, or when the holder's connection dies.
+        SQLite (one machine): an ``flock`` on a file beside the database.
+        """
+        if self.is_postgres:
+            with self.engine.connect() as conn, conn.begin():
+                key = func.hashtextextended(f"opsdash:{name}", 0)
+                yield bool(conn.execute(select(func.pg_try_advisory_xact_lock(key))).scalar())
+            return
+        database = self.engine.url.database
+        if not database or database == ":memory:":
+            yield True
+            return
+        with open(f"{database}.{name}.lock", "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def insert(self, table: Any) -> Insert:
         """The dialect's INSERT, which knows ON CONFLICT."""

@@ -18,7 +18,14 @@ from sqlalchemy import Connection, bindparam, delete, or_, select
 from tzlocal.windows_tz import win_tz
 
 from opsdash.engine import auth_users, coordinator, queue
-from opsdash.engine.blobs import BlobStore, InvalidBlobPath, schedule_path, sha256_hex
+from opsdash.engine.blobs import (
+    BlobStore,
+    BlobStoreUnavailable,
+    InvalidBlobPath,
+    first_line,
+    schedule_path,
+    sha256_hex,
+)
 from opsdash.engine.db import Database
 from opsdash.engine.models import BackgroundJob, Company, JobType, Role, ScheduleData, UserProfile
 from opsdash.engine.sqltypes import utcnow
@@ -144,11 +151,15 @@ def _sync_window(
         message = f"malformed upstream data: {error}"
         return [Outcome(job, False, error=message) for job, _ in jobs]
     stored = _stored_metadata(context.db, company.id, [day for _, day in jobs])
+    # One listing of the company's folder, so an object lost behind opsdash's back is
+    # noticed (and rewritten) without one extra request per day. Storage being down
+    # here or below raises BlobStoreUnavailable: the worker releases the batch unspent.
+    present = context.blobs.list_days(company.service_company_id) if stored else {}
     outcomes: list[Outcome] = []
     changed: list[tuple[Outcome, ScheduleData]] = []
     for job, day in jobs:
         outcome, row = _store_day_safely(
-            context, company, job, day, by_day.get(day, []), stored.get(day)
+            context, company, job, day, by_day.get(day, []), stored.get(day), present
         )
         (changed.append((outcome, row)) if row is not None else outcomes.append(outcome))
     return outcomes + _record_metadata(context.db, changed)
@@ -174,14 +185,21 @@ def _store_day_safely(
     day: date,
     records: list[dict[str, Any]],
     stored: ScheduleData | None,
+    present: dict[str, int | None],
 ) -> tuple[Outcome, ScheduleData | None]:
-    """Storage trouble fails this day's job only; the others go on."""
+    """A day that cannot be stored fails its job only; the others go on.
+
+    Storage itself being unusable is not the day's fault: that propagates to the worker.
+    """
     try:
-        return _store_day(context, company, job, day, records, stored)
+        return _store_day(context, company, job, day, records, stored, present)
+    except BlobStoreUnavailable:
+        raise
     except Exception as error:
-        log.exception("storing %s/%s failed", company.service_company_id, day)
-        message = f"storing {day} failed: {type(error).__name__}: {error}"
-        return Outcome(job, False, error=message), None
+        reason = f"{type(error).__name__}: {first_line(str(error))}"
+        log.warning("storing %s/%s failed: %s", company.service_company_id, day, reason)
+        log.debug("storing %s/%s failed", company.service_company_id, day, exc_info=True)
+        return Outcome(job, False, error=f"storing {day} failed: {reason}"), None
 
 
 def _store_day(
@@ -191,8 +209,10 @@ def _store_day(
     day: date,
     records: list[dict[str, Any]],
     stored: ScheduleData | None,
+    present: dict[str, int | None],
 ) -> tuple[Outcome, ScheduleData | None]:
-    """Write the day's blob if its content changed; returns the metadata row to record."""
+    """Write the day's blob if its content changed or the stored object is lost or
+    different; returns the metadata row to record."""
     try:
         path = schedule_path(company.service_company_id, day)
         document, body, generated_at, dropped = _render(company, day, records, stored)
@@ -220,7 +240,11 @@ def _store_day(
             ", ".join(f"{name}: {count}" for name, count in sorted(dropped.by_field.items())),
         )
     if unchanged:
-        return Outcome(job, True, result), None
+        if _object_intact(present, day, len(body)):
+            return Outcome(job, True, result), None
+        # Same content, but the object is gone or not what was written: write it again.
+        result.update(unchanged=False, restored=True)
+        log.warning("%s was missing or different in storage; rewriting it", path)
     context.blobs.put(path, body)
     jobs_n, employees_n, teams_n = document_counts(document)
     row = ScheduleData(
@@ -236,6 +260,12 @@ def _store_day(
         updated_at=generated_at,
     )
     return Outcome(job, True, result), row
+
+
+def _object_intact(present: dict[str, int | None], day: date, size: int) -> bool:
+    """The listing shows the day's object, with the expected size when it tells sizes."""
+    listed = present.get(day.isoformat(), -1)
+    return listed is None or listed == size
 
 
 def _render(

@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -20,12 +20,13 @@ from sqlalchemy import func, select
 
 from opsdash.config import Mode, Settings
 from opsdash.datafolder import secure_existing
-from opsdash.engine import coordinator, queue
+from opsdash.engine import coordinator, queue, retention
 from opsdash.engine.auth_users import AuthAdmin
 from opsdash.engine.blobs import BlobStore, LocalBlobStore, SupabaseBlobStore
 from opsdash.engine.db import Database, connect, create_schema
 from opsdash.engine.handlers import HandlerContext
 from opsdash.engine.models import ACTIVE_STATUSES, BackgroundJob, Company
+from opsdash.engine.storage_gate import StorageGate, StorageState
 from opsdash.engine.upstream import MaidCentralClient, RateLimiter
 from opsdash.engine.worker import PoolSettings, WorkerPool
 
@@ -41,9 +42,17 @@ def open_blob_store(settings: Settings) -> BlobStore:
     if settings.effective_blob_backend == "supabase":
         assert settings.supabase_url and settings.supabase_service_role_key
         store = SupabaseBlobStore(
-            settings.supabase_url, settings.supabase_service_role_key, settings.blob_bucket
+            settings.supabase_url,
+            settings.supabase_service_role_key,
+            settings.blob_bucket,
+            connect_timeout_s=settings.storage_connect_timeout_s,
+            read_timeout_s=settings.storage_read_timeout_s,
         )
-        store.ensure_bucket()
+        try:
+            store.ensure_bucket()
+        except BaseException:
+            store.close()
+            raise
         return store
     return LocalBlobStore(settings.blob_root)
 
@@ -70,6 +79,7 @@ class EngineStatus:
     paused: bool
     next_sync_at: datetime | None
     last_sync_at: datetime | None
+    storage: StorageState = field(default_factory=StorageState)
 
 
 class Engine:
@@ -85,6 +95,7 @@ class Engine:
             self.db.dispose()
             raise
         self.demo: DemoUpstream | None = None
+        self.storage_gate = StorageGate(self.blobs)
         self._stop_event = threading.Event()
         self.upstream = self._open_upstream()
         self.auth = open_auth_admin(settings)
@@ -137,6 +148,7 @@ class Engine:
                     lease_s=self.settings.lease_s,
                     retry_base_s=self.settings.retry_base_s,
                 ),
+                storage_gate=self.storage_gate,
             )
             self.pool.start()
         if (scheduler or self.pool is not None) and self.scheduler is None:
@@ -156,6 +168,14 @@ class Engine:
             name="rescue expired leases",
             **common,
         )
+        scheduler.add_job(
+            self.check_storage,
+            "interval",
+            seconds=self.settings.storage_check_interval_s,
+            id="storage-check",
+            name="check storage is reachable and private",
+            **common,
+        )
         if coordinate:
             scheduler.add_job(
                 self._scheduled_sync,
@@ -166,6 +186,14 @@ class Engine:
             )
             scheduler.add_job(
                 self.prune, "interval", hours=1, id="prune", name="prune old jobs", **common
+            )
+            scheduler.add_job(
+                self.apply_retention,
+                "interval",
+                hours=1,
+                id="retention",
+                name="remove schedule days past retention",
+                **common,
             )
         scheduler.start()
         return scheduler
@@ -247,6 +275,16 @@ class Engine:
             log.info("pruned %d old jobs into job_stats", pruned)
         return pruned
 
+    def check_storage(self) -> StorageState:
+        """Is storage reachable, the key accepted and the bucket private? (periodic)"""
+        return self.storage_gate.check()
+
+    def apply_retention(self) -> retention.RetentionResult | None:
+        """Remove schedule days past ``schedule_retention_days`` (hourly, one process at a time)."""
+        return retention.apply(
+            self.db, self.blobs, retention_days=self.settings.schedule_retention_days
+        )
+
     def retry(self, job_ids: list[uuid.UUID]) -> int:
         retried = queue.retry(self.db, job_ids)
         self.wake_workers()
@@ -309,4 +347,5 @@ class Engine:
             paused=self.pool.paused if self.pool else False,
             next_sync_at=next_sync,
             last_sync_at=self.last_sync_at,
+            storage=self.storage_gate.state,
         )

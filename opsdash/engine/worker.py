@@ -13,8 +13,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from opsdash.engine import handlers, queue
+from opsdash.engine.blobs import BlobStoreUnavailable
 from opsdash.engine.handlers import HandlerContext, Outcome
 from opsdash.engine.models import BackgroundJob, JobStatus
+from opsdash.engine.storage_gate import StorageGate
 
 log = logging.getLogger("opsdash.jobs")
 
@@ -48,11 +50,18 @@ class WorkerPool:
     """
 
     def __init__(
-        self, context: HandlerContext, settings: PoolSettings, runner: Runner = handlers.run
+        self,
+        context: HandlerContext,
+        settings: PoolSettings,
+        runner: Runner = handlers.run,
+        *,
+        storage_gate: StorageGate | None = None,
     ) -> None:
         self.context = context
         self.settings = settings
         self._runner = runner
+        # While storage is unusable, workers wait here instead of claiming.
+        self._storage_gate = storage_gate
         self._stopping = threading.Event()
         self._wake = threading.Condition()
         self._wake_pending = False
@@ -127,6 +136,8 @@ class WorkerPool:
             if self._paused.is_set():
                 self._sleep()
                 continue
+            if self._storage_gate is not None and not self._storage_gate.wait_ready(self._stopping):
+                continue
             try:
                 batch = queue.claim(self.context.db, worker_id, lease_s=self.settings.lease_s)
             except SQLAlchemyError as error:
@@ -145,6 +156,9 @@ class WorkerPool:
             log.info("started %s attempt %d/%d", _describe(job), job.attempts, job.max_attempts)
         try:
             outcomes = self._runner(self.context, batch)
+        except BlobStoreUnavailable as error:
+            self._release_for_storage(worker_id, batch, error)
+            return
         except Exception as error:
             log.exception("handler crashed on %s", _describe(batch[0]))
             message = f"internal error: {type(error).__name__}: {error}"
@@ -161,6 +175,29 @@ class WorkerPool:
         failures = [outcome for outcome in outcomes if not outcome.ok]
         if failures:
             self._patiently(self._record_failures, worker_id, failures)
+        with self._held_lock:
+            self._held.pop(worker_id, None)
+
+    def _release_for_storage(
+        self, worker_id: str, batch: list[BackgroundJob], error: BlobStoreUnavailable
+    ) -> None:
+        """Storage failed under the batch: not the jobs' fault, so no attempt is spent.
+
+        The batch goes back to pending as it was, and the workers wait for storage
+        before claiming again.
+        """
+        log.warning(
+            "storage unusable during %s (%d job%s), released without spending an attempt: %s",
+            _describe(batch[0]),
+            len(batch),
+            "" if len(batch) == 1 else "s",
+            error,
+        )
+        if self._storage_gate is not None:
+            self._storage_gate.report(error)
+        self._patiently(
+            lambda worker, jobs: queue.release(self.context.db, jobs, worker), worker_id, batch
+        )
         with self._held_lock:
             self._held.pop(worker_id, None)
 
