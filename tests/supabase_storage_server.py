@@ -401,6 +401,7 @@ class SupabaseStorageStandIn:
         self._lock = threading.Lock()
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
+        self._port = 0
 
     # -- keys ------------------------------------------------------------------------------
 
@@ -627,7 +628,9 @@ class SupabaseStorageStandIn:
         """Listen on a free loopback port and serve in a daemon thread."""
         if self._httpd is not None:
             raise RuntimeError("the storage stand-in is already running")
-        self._httpd = _Server(("127.0.0.1", 0), self.handle)
+        # A restart listens on the port it had, as a restarted server would.
+        self._httpd = _Server(("127.0.0.1", self._port), self.handle)
+        self._port = int(self._httpd.server_address[1])
         self._thread = threading.Thread(
             target=self._httpd.serve_forever,
             kwargs={"poll_interval": 0.05},

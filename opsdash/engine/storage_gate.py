@@ -58,6 +58,7 @@ class StorageGate:
         self._next_probe_at = 0.0
         self._probing = False
         self.outages = 0
+        self.failed_probes = 0
 
     @property
     def state(self) -> StorageState:
@@ -75,6 +76,7 @@ class StorageGate:
             self.blobs.ping()
         except BlobStoreUnavailable as error:
             with self._changed:
+                self.failed_probes += 1
                 self._mark_down(error)
                 return self._state
         with self._changed:

@@ -1,0 +1,193 @@
+"""Storage that heals itself and outages that are waited out, end to end.
+
+The engine syncs the demo upstream into the Supabase Storage stand-in (storage3 over real
+HTTP) or the local folder; objects are deleted behind its back, and storage is made to
+fail in the middle of a sync the ways the real one does. Every wait is on a condition.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from opsdash.config import Settings
+from opsdash.demo.server import DemoUpstream
+from opsdash.engine.models import BackgroundJob, JobStatus, JobType, ScheduleData
+from opsdash.engine.runtime import Engine
+from tests.conftest import engine_settings
+from tests.supabase_storage_server import SupabaseStorageStandIn
+
+JWT_SECRET = "stand-in-project-jwt-secret-with-32-bytes-or-more"
+BUCKET = "schedule-data"
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float = 60.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what or condition}")
+
+
+@pytest.fixture
+def storage() -> Iterator[SupabaseStorageStandIn]:
+    with SupabaseStorageStandIn(JWT_SECRET) as standin:
+        yield standin
+
+
+def supabase_settings(
+    db_url: str, tmp_path: Path, upstream: DemoUpstream, storage: SupabaseStorageStandIn, **extra
+) -> Settings:
+    return engine_settings(
+        db_url,
+        tmp_path / "data",
+        upstream.url,
+        blob_backend="supabase",
+        supabase_url=storage.url,
+        supabase_service_role_key=storage.service_role_key,
+        storage_connect_timeout_s=0.5,
+        storage_read_timeout_s=0.5,
+        **extra,
+    )
+
+
+def jobs(engine: Engine) -> list[BackgroundJob]:
+    with engine.db.session() as session:
+        return list(session.execute(select(BackgroundJob)).scalars())
+
+
+def rows(engine: Engine) -> dict[str, ScheduleData]:
+    with engine.db.session() as session:
+        return {row.storage_path: row for row in session.execute(select(ScheduleData)).scalars()}
+
+
+def sync_and_wait(engine: Engine, **narrow) -> None:
+    engine.sync(**narrow)
+    assert engine.wait_idle(timeout_s=60, poll_s=0.05), "the sync did not finish"
+
+
+# --- a lost object comes back by itself -------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["local", "supabase"])
+def test_an_object_deleted_behind_the_engines_back_is_restored_by_the_next_sync(
+    db_url: str,
+    tmp_path: Path,
+    demo_upstream: DemoUpstream,
+    storage: SupabaseStorageStandIn,
+    backend: str,
+) -> None:
+    if backend == "supabase":
+        settings = supabase_settings(db_url, tmp_path, demo_upstream, storage)
+    else:
+        settings = engine_settings(db_url, tmp_path / "data", demo_upstream.url)
+    engine = Engine(settings)
+    try:
+        engine.start(scheduler=False)
+        sync_and_wait(engine)
+        stored = rows(engine)
+        lost, other = sorted(stored)[:2]
+        original = engine.blobs.get(lost)
+        if backend == "supabase":
+            storage.buckets[BUCKET].objects.pop(lost)
+        else:
+            (settings.blob_root / lost).unlink()
+        before = {job.id for job in jobs(engine)}
+
+        company = engine.company_by_service_id(lost.split("/")[0])
+        assert company is not None
+        sync_and_wait(engine, company_id=company.id)
+
+        assert engine.blobs.get(lost) == original  # the same bytes, so the same checksum
+        assert rows(engine)[lost].checksum == stored[lost].checksum
+        new_jobs = [job for job in jobs(engine) if job.id not in before]
+        results = {job.params["date"]: job.result or {} for job in new_jobs}
+        lost_day = lost.split("/")[1]
+        assert results[lost_day].get("restored") is True
+        others = [result for day, result in results.items() if day != lost_day]
+        assert others and all(result.get("unchanged") for result in others)
+        assert engine.blobs.get(other) == engine.blobs.get(other)  # untouched, still there
+        assert {job.status for job in new_jobs} == {JobStatus.COMPLETED}
+    finally:
+        engine.stop()
+
+
+# --- outages are ridden out ------------------------------------------------------------
+
+
+def _restart_later(storage: SupabaseStorageStandIn) -> Callable[[], None]:
+    storage.stop()
+    return storage.start
+
+
+def _switch(field: str, value: object) -> Callable[[SupabaseStorageStandIn], Callable[[], None]]:
+    def fault(storage: SupabaseStorageStandIn) -> Callable[[], None]:
+        setattr(storage.faults, field, value)
+        return storage.faults.clear
+
+    return fault
+
+
+OUTAGES: dict[str, Callable[[SupabaseStorageStandIn], Callable[[], None]]] = {
+    "server stopped and restarted": _restart_later,
+    "gateway answers 502": _switch("gateway_status", 502),
+    "storage's database times out (544)": _switch("storage_status", 544),
+    "storage's database unreachable (500)": _switch("storage_status", 500),
+    "storage stalls": _switch("stall", True),
+}
+
+
+@pytest.mark.parametrize("outage", OUTAGES.values(), ids=OUTAGES.keys())
+def test_a_storage_outage_in_the_middle_of_a_sync_ends_with_every_job_completed(
+    sqlite_url: str,
+    tmp_path: Path,
+    storage: SupabaseStorageStandIn,
+    outage: Callable[[SupabaseStorageStandIn], Callable[[], None]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    upstream = DemoUpstream(companies=4, api_key="test-key")
+    upstream.faults.latency_ms = 300  # each company's batch takes a while: time to strike
+    upstream.start()
+    settings = supabase_settings(sqlite_url, tmp_path, upstream, storage, workers=1)
+    engine = Engine(settings)
+    engine.storage_gate.first_backoff_s = 0.1
+    engine.storage_gate.max_backoff_s = 0.4
+    try:
+        engine.sync()
+        engine.start(scheduler=False)
+        wait_for(lambda: len(storage.stored(BUCKET)) >= settings.days_ahead, what="a first company")
+        end_outage = outage(storage)
+        wait_for(lambda: not engine.storage_gate.state.ok, what="the workers to notice")
+        # Down for a while: the workers keep probing (with backoff) and claim nothing.
+        wait_for(lambda: engine.storage_gate.failed_probes >= 3, what="probes during the outage")
+        running = [job for job in jobs(engine) if job.status == JobStatus.RUNNING]
+        assert running == []
+        assert engine.status().storage.reason
+        end_outage()
+        assert engine.wait_idle(timeout_s=60, poll_s=0.05), "the sync did not finish"
+    finally:
+        engine.stop()
+        upstream.stop()
+
+    finished = jobs(engine)
+    assert {job.status for job in finished} == {JobStatus.COMPLETED}
+    schedule_jobs = [job for job in finished if job.job_type == JobType.SYNC_SCHEDULE]
+    assert len(schedule_jobs) == 4 * settings.days_ahead
+    # The outage spent no attempt: every job completed at its first, with no error.
+    assert {job.attempts for job in finished} == {1}
+    assert all(not job.errors for job in finished)
+    stored = storage.stored(BUCKET)
+    for row in rows(engine).values():
+        assert hashlib.sha256(stored[row.storage_path]).hexdigest() == row.checksum
+    # One line per released batch, never a traceback or a gateway's page.
+    released = [r for r in caplog.records if "released without spending an attempt" in r.message]
+    assert released
+    for record in caplog.records:
+        assert record.exc_info is None or record.levelno < 20, record.getMessage()
+        assert "<html" not in record.getMessage()
