@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
 from opsdash.config import Settings
+from opsdash.engine.blobs import BlobStoreUnavailable
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
@@ -75,6 +76,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--with-scheduler", action="store_true", help="also run the hourly coordinator"
     )
 
+    verify = commands.add_parser(
+        "verify",
+        help="compare schedule_data with storage; exit 1 when anything differs",
+        description="Check every stored day's object: there, of the recorded size, and with "
+        "--deep the recorded SHA-256. Prints what differs; --repair queues resyncs.",
+    )
+    verify.add_argument("--company", help="ServiceCompanyId of one company")
+    verify.add_argument(
+        "--deep", action="store_true", help="download every object and check its SHA-256"
+    )
+    verify.add_argument(
+        "--repair", action="store_true", help="queue a resync of every day that differs"
+    )
+
     token = commands.add_parser(
         "token",
         help="mint a read-API token for a synced user (embedded mode)",
@@ -112,7 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             return _console(settings)
         _configure_logging()
-        return {"sync": _sync, "worker": _worker, "token": _token}[args.command](settings, args)
+        commands = {"sync": _sync, "worker": _worker, "token": _token, "verify": _verify}
+        return commands[args.command](settings, args)
     except ValidationError as error:
         print(f"opsdash: invalid configuration:\n{error}", file=sys.stderr)
         return 2
@@ -121,6 +137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 3
     except CliError as error:
         print(f"opsdash: {error}", file=sys.stderr)
+        return 2
+    except BlobStoreUnavailable as error:
+        # Unreachable, key refused, bucket missing or public: one line, like --serve.
+        print(f"opsdash: cannot use the blob store: {error}", file=sys.stderr)
         return 2
 
 
@@ -243,6 +263,68 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
         _wait_for_signal().wait()
         print("stopping: finishing or releasing running jobs…", file=sys.stderr)
     return 0
+
+
+def _verify(settings: Settings, args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from opsdash.engine.db import connect, create_schema
+    from opsdash.engine.runtime import open_blob_store
+    from opsdash.engine.verify import queue_repairs, verify
+
+    db = connect(settings.effective_database_url)
+    try:
+        create_schema(db)
+        blobs = open_blob_store(settings)
+        try:
+            if args.company and not _company_exists(db, args.company):
+                raise CliError(f"unknown company {args.company!r}")
+            report = verify(db, blobs, service_company_id=args.company, deep=args.deep)
+            console = Console()
+            if report.findings:
+                table = Table("company", "day", "object", "problem", title="differences")
+                for finding in report.findings:
+                    table.add_row(
+                        finding.service_company_id,
+                        finding.day.isoformat(),
+                        finding.path,
+                        finding.problem,
+                    )
+                console.print(table)
+            depth = "size and SHA-256" if args.deep else "presence and size"
+            console.print(
+                f"checked {report.checked} days of {report.companies} companies "
+                f"({depth}) in {blobs.description}: {len(report.findings)} differ"
+            )
+            if args.repair and report.findings:
+                repaired = queue_repairs(
+                    db, blobs, report.findings, max_attempts=settings.max_attempts
+                )
+                console.print(
+                    f"repair: removed {repaired.removed} wrong objects, queued "
+                    f"{repaired.queued} resyncs ({len(report.findings) - repaired.queued} were "
+                    "already queued); workers (`opsdash worker`, the console or --serve) "
+                    "rewrite them"
+                )
+        finally:
+            blobs.close()
+    finally:
+        db.dispose()
+    return 0 if report.ok else 1
+
+
+def _company_exists(db: object, service_company_id: str) -> bool:
+    from opsdash.engine.db import Database
+    from opsdash.engine.models import Company
+
+    assert isinstance(db, Database)
+    companies = Company.__table__.c  # type: ignore[attr-defined]
+    with db.read() as conn:
+        found = conn.execute(
+            select(companies.id).where(companies.service_company_id == service_company_id)
+        ).first()
+    return found is not None
 
 
 def _token(settings: Settings, args: argparse.Namespace) -> int:

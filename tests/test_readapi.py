@@ -4,6 +4,7 @@ that the engine filled by syncing the demo upstream, on SQLite and on Postgres."
 from __future__ import annotations
 
 import base64
+import logging
 import socket
 import threading
 import time
@@ -28,7 +29,7 @@ from sqlalchemy import select
 from opsdash.config import Settings
 from opsdash.engine.blobs import LocalBlobStore, SupabaseBlobStore
 from opsdash.engine.db import Database, connect
-from opsdash.engine.models import Company, ScheduleData, UserProfile
+from opsdash.engine.models import BackgroundJob, Company, JobStatus, ScheduleData, UserProfile
 from opsdash.engine.runtime import Engine
 from opsdash.privacy import schedule_view
 from opsdash.readapi.app import SCHEDULE_PATH, create_app
@@ -486,7 +487,9 @@ def test_a_day_not_synced_is_404(api: LiveApi) -> None:
     assert error_of(response) == "schedule not ready"
 
 
-def test_a_missing_blob_is_404(api: LiveApi) -> None:
+def test_a_ready_day_whose_object_is_lost_is_503_warned_once_and_restored(
+    api: LiveApi, caplog: pytest.LogCaptureFixture
+) -> None:
     world = api.world
     day = date(2032, 2, 2)
     row = ScheduleData(
@@ -500,9 +503,29 @@ def test_a_missing_blob_is_404(api: LiveApi) -> None:
         session.add(row)
         session.commit()
     token = world.token(world.people(world.company_b, "admin")[0])
-    response = api.schedule(day, token)
-    assert response.status_code == 404
-    assert error_of(response) == "schedule not ready"
+    with caplog.at_level(logging.WARNING, logger="opsdash.readapi"):
+        first = api.schedule(day, token)
+        assert first.status_code == 503
+        assert "missing from storage" in error_of(first)
+        # The resync it queued restores the day by itself (the engine's workers run).
+        deadline = time.monotonic() + 30
+        answer = api.schedule(day, token)
+        while answer.status_code != 200 and time.monotonic() < deadline:
+            assert answer.status_code == 503
+            time.sleep(0.05)
+            answer = api.schedule(day, token)
+    assert answer.status_code == 200
+    assert answer.json()["date"] == str(day)
+    warnings = [r for r in caplog.records if "missing from storage" in r.getMessage()]
+    assert len(warnings) == 1  # once, however many requests met the lost object
+    assert all(r.levelno == logging.WARNING for r in warnings)
+    with world.db.session() as session:
+        resyncs = session.execute(
+            select(BackgroundJob).where(
+                BackgroundJob.dedup_key == f"sync_schedule:{world.company_b.id}:{day}"
+            )
+        ).scalars()
+        assert [job.status for job in resyncs] == [JobStatus.COMPLETED]
 
 
 # --- 503 ---------------------------------------------------------------------------------
@@ -565,6 +588,7 @@ def test_metrics_count_requests_and_jobs(api: LiveApi) -> None:
     ]
     assert completed and int(completed[0].rsplit(" ", 1)[1]) >= 4
     assert "opsdash_database_up 1" in text
+    assert "opsdash_retention_removed_days_total " in text
 
 
 def test_cors_for_the_portal_origin_only(api: LiveApi) -> None:

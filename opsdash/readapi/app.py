@@ -44,6 +44,7 @@ from opsdash.readapi.metrics import (
     exposition,
     job_counts,
     render_job_counts,
+    render_retention,
 )
 from opsdash.readapi.models import ErrorBody, Health, Readiness, ScheduleView
 from opsdash.readapi.observe import ObserveRequests
@@ -164,7 +165,7 @@ async def metrics(state: State) -> Response:
         counts = await run_in_threadpool(job_counts, state.db)
     except SQLAlchemyError:
         counts = None
-    body = exposition([state.metrics.render(), render_job_counts(counts)])
+    body = exposition([state.metrics.render(), render_job_counts(counts), render_retention()])
     return Response(body, media_type=METRICS_CONTENT_TYPE)
 
 

@@ -17,7 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from opsdash.engine.blobs import BlobNotFound, BlobStoreUnavailable
+from opsdash.engine.blobs import BlobNotFound, BlobStorePublic, BlobStoreUnavailable
 from opsdash.engine.db import DatabaseUnavailable
 from opsdash.privacy import ViewRefused
 from opsdash.readapi.logbudget import LogBudget
@@ -76,6 +76,8 @@ def classify(error: Exception) -> tuple[int, str, dict[str, str] | None]:
         return 403, str(error), None
     if isinstance(error, BlobNotFound):
         return 404, "schedule not ready", None
+    if isinstance(error, BlobStorePublic):
+        return 503, "schedule storage bucket is public", None
     if isinstance(error, BlobStoreUnavailable):
         return 503, "schedule storage is unreachable", None
     if isinstance(error, DatabaseUnavailable | SQLAlchemyError):
@@ -89,7 +91,7 @@ def classify(error: Exception) -> tuple[int, str, dict[str, str] | None]:
 
 async def error_response(request: Request, error: Exception) -> Response:
     status, message, headers = classify(error)
-    if status >= 500:
+    if status >= 500 and not getattr(error, "logged", False):
         # The operator gets the cause in the log; the client only the message. Within a
         # budget per kind of failure, so that a client repeating a failing request cannot
         # fill the disk with tracebacks.

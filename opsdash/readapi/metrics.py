@@ -22,6 +22,7 @@ from sqlalchemy import func, select
 
 from opsdash.engine.db import Database
 from opsdash.engine.models import BackgroundJob, JobStatus, JobType
+from opsdash.engine.retention import STATS, RetentionStats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -166,6 +167,21 @@ def render_job_counts(counts: dict[tuple[str, str], int] | None) -> list[str]:
         f'opsdash_background_jobs{{job_type="{_escape(kind)}",state="{_escape(state)}"}} {count}'
         for (kind, state), count in sorted(counts.items())
     ]
+    return lines
+
+
+def render_retention(stats: RetentionStats = STATS) -> list[str]:
+    """What this process's hourly retention removed (the engine runs beside the API)."""
+    counters = (
+        ("runs", "Retention runs completed.", stats.runs),
+        ("skipped", "Retention runs skipped: another process held the turn.", stats.skipped),
+        ("removed_days", "Schedule days removed past the retention period.", stats.removed_days),
+        ("removed_objects", "Storage objects removed by retention.", stats.removed_objects),
+    )
+    lines: list[str] = []
+    for name, help_text, value in counters:
+        metric = f"opsdash_retention_{name}_total"
+        lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} counter", f"{metric} {value}"]
     return lines
 
 

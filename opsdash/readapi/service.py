@@ -20,8 +20,11 @@ the fast path in :mod:`opsdash.readapi.fastpath`.
 from __future__ import annotations
 
 import hashlib
+import logging
+import threading
 import uuid
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -30,17 +33,35 @@ import orjson
 from sqlalchemy import select, text
 from starlette.concurrency import run_in_threadpool
 
-from opsdash.engine.blobs import BlobStore, sha256_hex
+from opsdash.engine.blobs import BlobNotFound, BlobStore, sha256_hex
 from opsdash.engine.db import Database
 from opsdash.engine.models import Company, ScheduleData, UserProfile
+from opsdash.engine.verify import queue_resync
 from opsdash.privacy import UnknownRole, schedule_view, view_inputs
 from opsdash.readapi.cache import MISSING, CachePolicy, LruCache, RefreshingCache, SingleFlight
 from opsdash.readapi.errors import Forbidden, NotFound, ServiceUnavailable
+
+log = logging.getLogger("opsdash.readapi")
 
 # Part of every ETag: bump it when the privacy rules or the view's encoding change,
 # so clients holding a view rendered by older rules fetch the new one.
 VIEW_VERSION = "1"
 READY = "ready"
+# Lost objects already reported, so each is logged and resynced once.
+LOST_REMEMBERED = 10_000
+
+ResyncRequest = Callable[[uuid.UUID, date], object]
+
+
+class ObjectLost(ServiceUnavailable):
+    """A ready day whose object is missing from storage; a resync is on its way."""
+
+    logged = True  # the warning is logged once per lost object, not once per request
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the schedule is missing from storage; it is being restored, retry shortly"
+        )
 
 
 @dataclass(frozen=True)
@@ -95,9 +116,21 @@ def view_etag(checksum: str, company_id: uuid.UUID, inputs: tuple[str, ...]) -> 
 
 
 class ScheduleService:
-    def __init__(self, db: Database, blobs: BlobStore, policy: CachePolicy | None = None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        blobs: BlobStore,
+        policy: CachePolicy | None = None,
+        *,
+        request_resync: ResyncRequest | None = None,
+    ) -> None:
         self.db = db
         self.blobs = blobs
+        self._request_resync = request_resync or (
+            lambda company_id, day: queue_resync(db, company_id, day)
+        )
+        self._lost: OrderedDict[tuple[uuid.UUID, date, str], None] = OrderedDict()
+        self._lost_lock = threading.Lock()
         self.policy = policy = policy or CachePolicy()
         self._viewers: RefreshingCache[uuid.UUID, Viewer | None] = RefreshingCache(
             self._fetch_viewer,
@@ -239,7 +272,11 @@ class ScheduleService:
         document = self._documents.get(expected)
         if document is not MISSING:
             return expected, document
-        body = await run_in_threadpool(self.blobs.get, ref.schedule.storage_path)
+        try:
+            body = await run_in_threadpool(self.blobs.get, ref.schedule.storage_path)
+        except BlobNotFound:
+            await run_in_threadpool(self._object_lost, ref)
+            raise ObjectLost() from None
         actual = sha256_hex(body)
         if actual != expected:
             # A sync replaced the blob after the metadata was read: serve what the blob
@@ -253,6 +290,27 @@ class ScheduleService:
             raise ServiceUnavailable("schedule storage returned a damaged document")
         self._documents.put(actual, document)
         return actual, document
+
+    def _object_lost(self, ref: ViewRef) -> None:
+        """The metadata says ready but the object is gone: warn once, queue one resync."""
+        self._schedules.drop((ref.company_id, ref.day))
+        key = (ref.company_id, ref.day, ref.schedule.checksum)
+        with self._lost_lock:
+            if key in self._lost:
+                return
+            self._lost[key] = None
+            while len(self._lost) > LOST_REMEMBERED:
+                self._lost.popitem(last=False)
+        log.warning(
+            "%s is ready in schedule_data but missing from storage; queueing a resync",
+            ref.schedule.storage_path,
+        )
+        try:
+            self._request_resync(ref.company_id, ref.day)
+        except Exception as error:  # the answer is 503 either way; the next sync heals it
+            log.warning("could not queue the resync of %s: %s", ref.schedule.storage_path, error)
+            with self._lost_lock:
+                self._lost.pop(key, None)
 
     # --- health ------------------------------------------------------------------------
 

@@ -135,6 +135,7 @@ class CompaniesScreen(LiveScreen):
         label = next(c.label for c in COMPANY_COLUMNS if c.key == self.sort_column)
         table.border_subtitle = f"sorted by {label} {arrow}"
         totals = snapshot.totals
+        kept = self.console.engine.settings.schedule_retention_days
         text = Text(" total ", style="bold")
         if not snapshot.rows:
             text.append("no companies yet: press s to sync and discover them", style="dim")
@@ -143,6 +144,7 @@ class CompaniesScreen(LiveScreen):
                 f"{totals.companies} companies · {totals.days_stored} days stored · "
                 f"{size_kb(totals.total_kb)}"
             )
+        text.append(f" · days kept: {kept} before each company's today", style="dim")
         self.query_one("#companies-totals", Static).update(text)
 
     # --- sorting -----------------------------------------------------------------------

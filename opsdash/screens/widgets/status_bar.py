@@ -1,6 +1,7 @@
 """The status bar on top of every screen: where to go, mode, workers, health, sync times, targets.
 
-A banner line appears while the database cannot be reached or answers slowly.
+A banner line appears while the database cannot be reached or answers slowly, and while
+storage is unusable (down, key refused, bucket made public).
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class StatusBar(Vertical):
         banner.display = problem is not None
         banner.update(problem or "")
         self.set_class(not status.database_ok, "-database-down")
+        self.set_class(not status.engine.storage.ok, "-storage-down")
 
     def _nav(self, status: SystemStatus | None) -> str:
         mode = status.engine.mode if status else None
@@ -92,6 +94,13 @@ class StatusBar(Vertical):
         if status.database_ok:
             text.append("● ok", style="bold")
         else:
+            text.append(" ✖ down ", style="bold reverse")
+        storage = engine.storage
+        if storage.public:
+            text.append("  storage ", style="dim")
+            text.append(" ✖ bucket PUBLIC ", style="bold reverse")
+        elif not storage.ok:
+            text.append("  storage ", style="dim")
             text.append(" ✖ down ", style="bold reverse")
         return text
 
@@ -118,6 +127,14 @@ class StatusBar(Vertical):
             return Text(
                 f"Database unreachable since {since}: {status.database_error or 'no answer'}. "
                 "Retrying every second; tables show the last data read."
+            )
+        storage = status.engine.storage
+        if not storage.ok:
+            since = clock(storage.since, zone) if storage.since else "now"
+            what = "Storage bucket is public" if storage.public else "Storage unusable"
+            return Text(
+                f"{what} since {since}: {storage.reason}. Workers wait and resume by "
+                "themselves; no job attempt is spent."
             )
         if status.database_ms > SLOW_DATABASE_MS:
             return Text(
