@@ -522,7 +522,9 @@ class SupabaseAuthStandIn:
     def start(self) -> str:
         if self._httpd is not None:
             raise RuntimeError("the auth stand-in is already running")
-        self._httpd = _Server(("127.0.0.1", 0), self.dispatch)
+        # A restart listens on the port it had, as a restarted project would.
+        self._httpd = _Server(("127.0.0.1", getattr(self, "_port", 0)), self.dispatch)
+        self._port = int(self._httpd.server_address[1])
         self._thread = threading.Thread(
             target=self._httpd.serve_forever,
             kwargs={"poll_interval": 0.05},

@@ -402,6 +402,7 @@ class SupabaseStorageStandIn:
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
         self._port = 0
+        self._closing = threading.Event()  # set by stop(): stalled requests give up
 
     # -- keys ------------------------------------------------------------------------------
 
@@ -476,7 +477,7 @@ class SupabaseStorageStandIn:
 
     def handle(self, request: Request) -> Reply | None:
         """The reply to one request; ``None`` drops the connection unanswered."""
-        while self.faults.stall and self._httpd is not None:
+        while self.faults.stall and not self._closing.is_set():
             time.sleep(0.02)  # hangs like a storage whose database stopped answering
         if self.faults.drop_connections:
             return None
@@ -629,6 +630,7 @@ class SupabaseStorageStandIn:
         if self._httpd is not None:
             raise RuntimeError("the storage stand-in is already running")
         # A restart listens on the port it had, as a restarted server would.
+        self._closing.clear()
         self._httpd = _Server(("127.0.0.1", self._port), self.handle)
         self._port = int(self._httpd.server_address[1])
         self._thread = threading.Thread(
@@ -645,6 +647,7 @@ class SupabaseStorageStandIn:
         httpd, thread = self._httpd, self._thread
         if httpd is None:
             return
+        self._closing.set()
         httpd.shutdown()
         httpd.close_connections()
         httpd.server_close()

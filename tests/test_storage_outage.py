@@ -20,6 +20,7 @@ from opsdash.demo.server import DemoUpstream
 from opsdash.engine.models import BackgroundJob, JobStatus, JobType, ScheduleData
 from opsdash.engine.runtime import Engine
 from tests.conftest import engine_settings
+from tests.supabase_auth_server import SupabaseAuthStandIn
 from tests.supabase_storage_server import SupabaseStorageStandIn
 
 JWT_SECRET = "stand-in-project-jwt-secret-with-32-bytes-or-more"
@@ -36,21 +37,27 @@ def wait_for(condition: Callable[[], bool], timeout_s: float = 60.0, what: str =
 
 
 @pytest.fixture
-def storage() -> Iterator[SupabaseStorageStandIn]:
-    with SupabaseStorageStandIn(JWT_SECRET) as standin:
-        yield standin
+def storage() -> SupabaseStorageStandIn:
+    return SupabaseStorageStandIn(JWT_SECRET)
+
+
+@pytest.fixture
+def project(storage: SupabaseStorageStandIn) -> Iterator[SupabaseAuthStandIn]:
+    """One Supabase project URL: Auth (the users sync maintains its users) and storage."""
+    with SupabaseAuthStandIn(JWT_SECRET, storage=storage) as server:
+        yield server
 
 
 def supabase_settings(
-    db_url: str, tmp_path: Path, upstream: DemoUpstream, storage: SupabaseStorageStandIn, **extra
+    db_url: str, tmp_path: Path, upstream: DemoUpstream, project: SupabaseAuthStandIn, **extra
 ) -> Settings:
     return engine_settings(
         db_url,
         tmp_path / "data",
         upstream.url,
         blob_backend="supabase",
-        supabase_url=storage.url,
-        supabase_service_role_key=storage.service_role_key,
+        supabase_url=project.url,
+        supabase_service_role_key=project.service_role_key,
         storage_connect_timeout_s=0.5,
         storage_read_timeout_s=0.5,
         **extra,
@@ -81,10 +88,11 @@ def test_an_object_deleted_behind_the_engines_back_is_restored_by_the_next_sync(
     tmp_path: Path,
     demo_upstream: DemoUpstream,
     storage: SupabaseStorageStandIn,
+    project: SupabaseAuthStandIn,
     backend: str,
 ) -> None:
     if backend == "supabase":
-        settings = supabase_settings(db_url, tmp_path, demo_upstream, storage)
+        settings = supabase_settings(db_url, tmp_path, demo_upstream, project)
     else:
         settings = engine_settings(db_url, tmp_path / "data", demo_upstream.url)
     engine = Engine(settings)
@@ -121,20 +129,24 @@ def test_an_object_deleted_behind_the_engines_back_is_restored_by_the_next_sync(
 # --- outages are ridden out ------------------------------------------------------------
 
 
-def _restart_later(storage: SupabaseStorageStandIn) -> Callable[[], None]:
-    storage.stop()
-    return storage.start
+Outage = Callable[[SupabaseAuthStandIn], Callable[[], None]]
 
 
-def _switch(field: str, value: object) -> Callable[[SupabaseStorageStandIn], Callable[[], None]]:
-    def fault(storage: SupabaseStorageStandIn) -> Callable[[], None]:
-        setattr(storage.faults, field, value)
-        return storage.faults.clear
+def _restart_later(project: SupabaseAuthStandIn) -> Callable[[], None]:
+    project.stop()
+    return project.start
+
+
+def _switch(field: str, value: object) -> Outage:
+    def fault(project: SupabaseAuthStandIn) -> Callable[[], None]:
+        assert project.storage is not None
+        setattr(project.storage.faults, field, value)
+        return project.storage.faults.clear
 
     return fault
 
 
-OUTAGES: dict[str, Callable[[SupabaseStorageStandIn], Callable[[], None]]] = {
+OUTAGES: dict[str, Outage] = {
     "server stopped and restarted": _restart_later,
     "gateway answers 502": _switch("gateway_status", 502),
     "storage's database times out (544)": _switch("storage_status", 544),
@@ -148,13 +160,14 @@ def test_a_storage_outage_in_the_middle_of_a_sync_ends_with_every_job_completed(
     sqlite_url: str,
     tmp_path: Path,
     storage: SupabaseStorageStandIn,
-    outage: Callable[[SupabaseStorageStandIn], Callable[[], None]],
+    project: SupabaseAuthStandIn,
+    outage: Outage,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     upstream = DemoUpstream(companies=4, api_key="test-key")
     upstream.faults.latency_ms = 300  # each company's batch takes a while: time to strike
     upstream.start()
-    settings = supabase_settings(sqlite_url, tmp_path, upstream, storage, workers=1)
+    settings = supabase_settings(sqlite_url, tmp_path, upstream, project, workers=1)
     engine = Engine(settings)
     engine.storage_gate.first_backoff_s = 0.1
     engine.storage_gate.max_backoff_s = 0.4
@@ -162,7 +175,7 @@ def test_a_storage_outage_in_the_middle_of_a_sync_ends_with_every_job_completed(
         engine.sync()
         engine.start(scheduler=False)
         wait_for(lambda: len(storage.stored(BUCKET)) >= settings.days_ahead, what="a first company")
-        end_outage = outage(storage)
+        end_outage = outage(project)
         wait_for(lambda: not engine.storage_gate.state.ok, what="the workers to notice")
         # Down for a while: the workers keep probing (with backoff) and claim nothing.
         wait_for(lambda: engine.storage_gate.failed_probes >= 3, what="probes during the outage")

@@ -23,6 +23,7 @@ from opsdash.demo.server import DemoUpstream
 from opsdash.engine.models import Company, ScheduleData
 from opsdash.engine.runtime import Engine
 from tests.conftest import engine_settings
+from tests.supabase_auth_server import SupabaseAuthStandIn
 from tests.supabase_storage_server import SupabaseStorageStandIn
 
 JWT_SECRET = "stand-in-project-jwt-secret-with-32-bytes-or-more"
@@ -70,12 +71,29 @@ def test_verify_finds_lost_and_damaged_objects_and_repair_restores_them(
     backend: str,
 ) -> None:
     extra = {}
+    # A Supabase project answers Auth too (the users sync maintains its users).
+    project = SupabaseAuthStandIn(JWT_SECRET, storage=storage)
+    project.start()
     if backend == "supabase":
         extra = {
             "blob_backend": "supabase",
-            "supabase_url": storage.url,
+            "supabase_url": project.url,
             "supabase_service_role_key": storage.service_role_key,
         }
+    try:
+        verify_and_repair(tmp_path, sqlite_url, demo_upstream, storage, backend, extra)
+    finally:
+        project.stop()
+
+
+def verify_and_repair(
+    tmp_path: Path,
+    sqlite_url: str,
+    demo_upstream: DemoUpstream,
+    storage: SupabaseStorageStandIn,
+    backend: str,
+    extra: dict[str, str],
+) -> None:
     settings = engine_settings(sqlite_url, tmp_path / "data", demo_upstream.url, **extra)
     with Engine(settings) as engine:
         engine.start(scheduler=False)
