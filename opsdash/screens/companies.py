@@ -144,7 +144,7 @@ class CompaniesScreen(LiveScreen):
                 f"{totals.companies} companies · {totals.days_stored} days stored · "
                 f"{size_kb(totals.total_kb)}"
             )
-        text.append(f" · days kept: {kept} before each company's today", style="dim")
+        text.append(f" · retention {kept} days", style="dim")
         self.query_one("#companies-totals", Static).update(text)
 
     # --- sorting -----------------------------------------------------------------------
