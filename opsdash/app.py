@@ -23,6 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from textual import work
 from textual.app import App
 from textual.binding import Binding, BindingType
+from textual.notifications import SeverityLevel
 from textual.reactive import reactive
 from textual.timer import Timer
 from textual.worker import Worker, WorkerState
@@ -45,6 +46,7 @@ from opsdash.screens.messages import (
 )
 from opsdash.screens.preview import PreviewScreen
 from opsdash.screens.toggles import TogglesScreen
+from opsdash.screens.widgets.formatting import printable
 from opsdash.screens.widgets.status_bar import SLOW_DATABASE_MS
 
 STYLES = Path(__file__).parent / "styles"
@@ -114,6 +116,29 @@ class OpsdashApp(App[None]):
 
     def now(self) -> datetime:
         return self._clock()
+
+    def notify(
+        self,
+        message: str,
+        *,
+        title: str = "",
+        severity: SeverityLevel = "information",
+        timeout: float | None = None,
+        markup: bool = True,
+    ) -> None:
+        """Every toast is plain text, control characters escaped, whatever ``markup`` says.
+
+        Toasts name companies and days and carry error messages, all of which come from
+        the upstream or the database; none of the console's own toasts uses markup.
+        """
+        del markup  # screens' ``Widget.notify`` always passes True
+        super().notify(
+            printable(message, multiline=True),
+            title=printable(title),
+            severity=severity,
+            timeout=timeout,
+            markup=False,
+        )
 
     # --- lifecycle -------------------------------------------------------------------
 

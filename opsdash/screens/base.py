@@ -10,6 +10,7 @@ header's banner tells the operator why.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 from textual import work
@@ -45,6 +46,15 @@ class LiveScreen(Screen[None]):
         """Read what the screen shows (runs in a worker thread: no widgets here)."""
         raise NotImplementedError
 
+    def refresh_job(self) -> Callable[[], Message | None]:
+        """What the refresh worker runs; built on the UI thread when a refresh starts.
+
+        ``fetch`` by default. A screen whose fetch depends on choices the operator makes
+        returns a call bound to an immutable request captured here, so the worker never
+        reads attributes that the UI thread changes meanwhile.
+        """
+        return self.fetch
+
     def on_mount(self) -> None:
         self.refresh_data()
 
@@ -60,11 +70,11 @@ class LiveScreen(Screen[None]):
             self._next_refresh = None
         if not self.is_current:
             return  # resumed screens refresh in on_screen_resume
-        self._refresh_worker()
+        self._refresh_worker(self.refresh_job())
 
     @work(thread=True, exclusive=True, group=REFRESH_GROUP, exit_on_error=False)
-    def _refresh_worker(self) -> None:
-        message = self.fetch()
+    def _refresh_worker(self, job: Callable[[], Message | None]) -> None:
+        message = job()
         # A newer refresh superseded this one: its result would be stale.
         if message is not None and not get_current_worker().is_cancelled:
             self.post_message(message)

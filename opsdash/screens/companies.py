@@ -18,7 +18,7 @@ from opsdash.engine.queries import CompanyStorage
 from opsdash.screens.base import LiveScreen
 from opsdash.screens.company_detail import CompanyDetailScreen
 from opsdash.screens.messages import CompaniesLoaded, CompaniesSnapshot
-from opsdash.screens.widgets.formatting import NOTHING, age, size_kb, status_color
+from opsdash.screens.widgets.formatting import NOTHING, age, safe_text, size_kb, status_color
 from opsdash.screens.widgets.live_table import Column, LiveTable
 from opsdash.screens.widgets.status_bar import StatusBar
 
@@ -71,14 +71,14 @@ def company_cells(
     else:
         sync = Text("off", style="dim strike")
     return (
-        Text(row.name, no_wrap=True, overflow="ellipsis"),
-        row.service_company_id,
+        safe_text(row.name, no_wrap=True, overflow="ellipsis"),
+        safe_text(row.service_company_id),
         sync,
         str(row.days_stored),
         size_kb(row.total_kb),
         age(row.last_synced_at, now) if row.last_synced_at else NOTHING,
         latest_jobs_text(row.latest_jobs, theme_variables),
-        row.timezone,
+        safe_text(row.timezone),
     )
 
 

@@ -20,7 +20,7 @@ from opsdash.privacy import PRIVACY_TOGGLES, toggle_reading
 from opsdash.screens.base import LiveScreen
 from opsdash.screens.messages import CompanyLoaded, CompanySnapshot
 from opsdash.screens.toggles import toggle_label
-from opsdash.screens.widgets.formatting import NOTHING, age, size_kb, timestamp
+from opsdash.screens.widgets.formatting import NOTHING, age, safe_text, size_kb, timestamp
 from opsdash.screens.widgets.live_table import Column, LiveTable
 from opsdash.screens.widgets.status_bar import StatusBar
 
@@ -43,8 +43,8 @@ def day_cells(day: StoredDay, now: datetime) -> tuple[Any, ...]:
         str(day.job_count),
         str(day.employee_count),
         str(day.team_count),
-        day.checksum[:12],
-        day.status,
+        safe_text(day.checksum[:12]),
+        safe_text(day.status),
         f"{age(day.updated_at, now)} ago" if day.updated_at else NOTHING,
     )
 
@@ -67,9 +67,9 @@ def company_summary(
     grid = Table.grid(padding=(0, 1))
     grid.add_column(style="dim", no_wrap=True)
     grid.add_column()
-    grid.add_row("company", Text(f"{company.name} ({company.service_company_id})", style="bold"))
+    grid.add_row("company", safe_text(f"{company.name} ({company.service_company_id})", "bold"))
     grid.add_row("sync", sync_state(company))
-    grid.add_row("time zone", company.timezone)
+    grid.add_row("time zone", safe_text(company.timezone))
     grid.add_row("last synced", timestamp(company.last_synced_at, zone))
     if toggles is not None:
         grid.add_row("toggles", _toggle_summary(toggles))
@@ -110,7 +110,7 @@ class CompanyDetailScreen(LiveScreen):
 
     def compose(self) -> ComposeResult:
         yield StatusBar()
-        yield Static(Text(self.company_name, style="bold"), id="company-summary")
+        yield Static(safe_text(self.company_name, "bold"), id="company-summary")
         table = LiveTable(DAY_COLUMNS, id="days-table")
         table.border_title = "stored days"
         yield table

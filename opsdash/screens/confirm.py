@@ -9,6 +9,8 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Label, Static
 
+from opsdash.screens.widgets.formatting import safe_text
+
 
 class ConfirmScreen(ModalScreen[bool]):
     """Dismisses with True when the operator confirms, False otherwise."""
@@ -26,9 +28,9 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="confirm-dialog", classes="dialog"):
-            yield Label(self.question, id="confirm-question", markup=False)
+            yield Label(safe_text(self.question), id="confirm-question")
             if self.detail:
-                yield Static(self.detail, id="confirm-detail", markup=False)
+                yield Static(safe_text(self.detail, multiline=True), id="confirm-detail")
             with Horizontal(classes="dialog-buttons"):
                 yield Button(f"{self.confirm_label} (y)", variant="warning", id="confirm-yes")
                 yield Button("Cancel (n)", id="confirm-no")

@@ -30,9 +30,11 @@ from opsdash.screens.messages import (
 from opsdash.screens.widgets.formatting import (
     NOTHING,
     age,
+    company_label,
     duration,
     job_type_label,
     one_line,
+    safe_text,
     status_text,
 )
 from opsdash.screens.widgets.job_detail import JobDetailPane
@@ -57,8 +59,8 @@ RETRYABLE = (JobStatus.FAILED, JobStatus.CANCELLED)
 def job_cells(row: JobRow, now: Any, theme_variables: Mapping[str, str]) -> tuple[Any, ...]:
     return (
         job_type_label(row.job_type),
-        Text(row.company_name or NOTHING, no_wrap=True, overflow="ellipsis"),
-        row.day or NOTHING,
+        safe_text(row.company_name or NOTHING, no_wrap=True, overflow="ellipsis"),
+        safe_text(row.day or NOTHING),
         status_text(row.status, theme_variables),
         f"{row.attempts}/{row.max_attempts}",
         duration(row.duration_ms),
@@ -82,7 +84,7 @@ class JobsScreen(LiveScreen):
         self.job_filter = JobFilter()
         self.selected_job_id: uuid.UUID | None = None
         self._rows: dict[str, JobRow] = {}
-        self._companies_shown: list[tuple[str, str]] = []
+        self._companies_shown: list[tuple[Text, str]] = []
 
     def compose(self) -> ComposeResult:
         yield StatusBar()
@@ -157,7 +159,9 @@ class JobsScreen(LiveScreen):
         return f"newest {shown}" + (" (limit)" if shown >= limit else "")
 
     def _show_company_choices(self, snapshot: JobsSnapshot) -> None:
-        options = [(f"{c.name} ({c.service_company_id})", str(c.id)) for c in snapshot.companies]
+        options = [
+            (company_label(c.name, c.service_company_id), str(c.id)) for c in snapshot.companies
+        ]
         if options != self._companies_shown:
             self._companies_shown = options
             select = self.query_one("#filter-company", Select)

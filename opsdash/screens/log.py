@@ -14,7 +14,7 @@ from textual.screen import Screen
 from textual.widgets import Footer
 
 from opsdash.screens.messages import LogLine
-from opsdash.screens.widgets.formatting import clock
+from opsdash.screens.widgets.formatting import clock, safe_text
 from opsdash.screens.widgets.live_table import Column, LiveTable
 from opsdash.screens.widgets.status_bar import StatusBar
 
@@ -38,8 +38,8 @@ def log_cells(
     return (
         clock(line.at, zone),
         Text(line.level.lower(), style=style),
-        line.logger.removeprefix("opsdash."),
-        Text(line.message, no_wrap=True, overflow="ellipsis"),
+        safe_text(line.logger.removeprefix("opsdash.")),
+        safe_text(line.message, no_wrap=True, overflow="ellipsis"),
     )
 
 

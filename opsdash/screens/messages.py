@@ -138,6 +138,13 @@ class PreviewResult:
     """The unfiltered version of each job in the view, by jobId, to name what was left out."""
     total_jobs: int
     toggles: dict[str, Any]
+    checksum: str = ""
+    """The stored day's checksum: with the person and toggles, what identifies this view."""
+
+    @property
+    def key(self) -> tuple[str, Person, str]:
+        """A cheap identity: comparing two views of a 6.8 MB day field by field is not."""
+        return (self.checksum, self.person, repr(sorted(self.toggles.items())))
 
 
 @dataclass

@@ -4,17 +4,22 @@ The view comes from :func:`opsdash.privacy.schedule_view`, the function the read
 API serves, applied to the stored blob with the company's effective toggles.
 Fields the view leaves out are shown as hidden, so the operator sees what the
 toggles remove; ``j`` switches to the raw JSON the portal gets.
+
+A day can hold thousands of jobs: the screen shows one page of them at a time
+(``]`` and ``[`` turn pages), so a large day mounts a bounded number of cards, and
+the day is parsed once per checksum in the worker (:mod:`opsdash.screens.preview_data`).
 """
 
 from __future__ import annotations
 
+import json
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Mapping
 from datetime import date
+from functools import partial
 from typing import Any
 
-import orjson
-from rich.json import JSON
+from rich.highlighter import JSONHighlighter
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
@@ -23,48 +28,31 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import Footer, Select, Static
 
-from opsdash.engine import queries
-from opsdash.engine.blobs import BlobNotFound
-from opsdash.engine.queries import Person, StoredDay
+from opsdash.engine.queries import Person
 from opsdash.privacy import (
     ALWAYS_HIDDEN_JOB_FIELDS,
     CONTACT_FIELD_TOGGLES,
     RATE_FIELD_TOGGLES,
     TechnicianFields,
     hidden_job_fields,
-    schedule_view,
 )
 from opsdash.screens.base import LiveScreen
 from opsdash.screens.messages import PreviewChoices, PreviewLoaded, PreviewResult
+from opsdash.screens.preview_data import DayCache, PreviewRequest, load_preview
+from opsdash.screens.widgets.formatting import company_label, printable, safe_text
 from opsdash.screens.widgets.job_card import render_job_card
 from opsdash.screens.widgets.status_bar import StatusBar
 
-
-def employee_ids_on_jobs(document: Mapping[str, Any]) -> dict[str, int]:
-    """How many jobs each employee is scheduled on, by EmployeeInformationId."""
-    counts: dict[str, int] = {}
-    for job in document.get("jobs") or []:
-        ids = {
-            str(entry.get("EmployeeInformationId")) for entry in job.get("employeeSchedules") or []
-        }
-        for employee in ids:
-            counts[employee] = counts.get(employee, 0) + 1
-    return counts
+JOBS_PER_PAGE = 40
+"""Job cards mounted at once: enough to scroll through, few enough to stay quick."""
 
 
-def default_day(days: list[StoredDay], today: date) -> date | None:
-    """The first stored day from today on, else the newest one."""
-    upcoming = sorted(day.date for day in days if day.date >= today)
-    if upcoming:
-        return upcoming[0]
-    return days[0].date if days else None
-
-
-def default_person(people: Iterable[Person], jobs_per_employee: Mapping[str, int]) -> Person | None:
-    """The first technician who has work that day (else the first one)."""
-    people = list(people)
-    busy = (p for p in people if jobs_per_employee.get(p.employee_information_id or "", 0) > 0)
-    return next(busy, people[0] if people else None)
+def page_bounds(total: int, page: int, per_page: int = JOBS_PER_PAGE) -> tuple[int, int, int]:
+    """(page, first, end) with ``page`` clamped to the pages that ``total`` jobs fill."""
+    last_page = max(0, (total - 1) // per_page)
+    page = min(max(page, 0), last_page)
+    first = page * per_page
+    return page, first, min(first + per_page, total)
 
 
 class PreviewScreen(LiveScreen):
@@ -74,6 +62,9 @@ class PreviewScreen(LiveScreen):
         Binding("j", "toggle_json", "Raw JSON"),
         Binding("t", "edit_toggles", "Toggles"),
         Binding("n", "next_person", "Next technician"),
+        # Out of the footer: the summary names these keys when a day has more than a page.
+        Binding("right_square_bracket", "next_page", "Next jobs", show=False),
+        Binding("left_square_bracket", "previous_page", "Previous jobs", show=False),
     ]
 
     def __init__(self) -> None:
@@ -82,11 +73,13 @@ class PreviewScreen(LiveScreen):
         self.day: date | None = None
         self.person_id: uuid.UUID | None = None
         self.raw_json = False
+        self.page = 0
+        self.day_cache = DayCache()
         self._choices: PreviewChoices | None = None
         self._result: PreviewResult | None = None
         self._problem: str | None = None
-        self._shown_options: dict[str, list[tuple[str, str]]] = {}
-        self._shown_result: tuple[PreviewResult | None, str | None, bool] | None = None
+        self._shown_options: dict[str, list[tuple[Text, str]]] = {}
+        self._shown_key: tuple[object, ...] | None = None
 
     def compose(self) -> ComposeResult:
         yield StatusBar()
@@ -101,61 +94,30 @@ class PreviewScreen(LiveScreen):
         yield Footer()
 
     def on_screen_resume(self) -> None:
-        request = self.console.take_preview_request()
-        if request is not None:
-            self.company_id, self.day = request
-            self.person_id = None
+        self._take_request()
         super().on_screen_resume()
 
     def on_mount(self) -> None:
+        self._take_request()
+        super().on_mount()
+
+    def _take_request(self) -> None:
         request = self.console.take_preview_request()
         if request is not None:
             self.company_id, self.day = request
-        super().on_mount()
+            self.person_id, self.page = None, 0
 
     # --- data (worker thread) -----------------------------------------------------------
 
-    def fetch(self) -> Message:
-        engine, now = self.console.engine, self.console.now()
-        db = engine.db
-        companies = queries.company_choices(db)
-        company_id = self.company_id
-        if company_id not in {company.id for company in companies}:
-            company_id = companies[0].id if companies else None
-        if company_id is None:
-            return PreviewLoaded(PreviewChoices(companies), None, "No companies yet.")
-        days = queries.stored_days(db, company_id)
-        day = self.day if self.day in {d.date for d in days} else default_day(days, now.date())
-        people = queries.technicians(db, company_id)
-        stored = next((d for d in days if d.date == day), None)
-        document: dict[str, Any] | None = None
-        problem = None
-        if stored is None:
-            problem = "Nothing stored for this company yet: resync it from the companies screen."
-        else:
-            try:
-                document = orjson.loads(engine.blobs.get(stored.storage_path))
-            except BlobNotFound:
-                problem = f"The stored document {stored.storage_path} is missing from storage."
-        jobs_per_employee = employee_ids_on_jobs(document) if document else {}
-        person = next((p for p in people if p.id == self.person_id), None)
-        person = person or default_person(people, jobs_per_employee)
-        choices = PreviewChoices(
-            companies=companies,
-            company_id=company_id,
-            days=days,
-            day=day,
-            people=people,
-            person_id=person.id if person else None,
-            jobs_per_employee=jobs_per_employee,
-        )
-        if document is None:
-            return PreviewLoaded(choices, None, problem)
-        if person is None:
-            return PreviewLoaded(choices, None, "This company has no technicians.")
-        toggles = queries.company_toggles(db, company_id)
-        effective = toggles.effective if toggles else {}
-        return PreviewLoaded(choices, technician_preview(document, person, effective, company_id))
+    def refresh_job(self) -> Callable[[], Message | None]:
+        # Captured here, on the UI thread: the worker never reads what the operator changes.
+        return partial(self.fetch_for, PreviewRequest(self.company_id, self.day, self.person_id))
+
+    def fetch_for(self, request: PreviewRequest) -> Message:
+        """Read the preview of ``request`` (runs in a worker thread: no widgets here)."""
+        engine = self.console.engine
+        today = self.console.now().date()
+        return load_preview(engine.db, engine.blobs, request, today, self.day_cache)
 
     # --- showing it (UI thread) ---------------------------------------------------------
 
@@ -168,18 +130,18 @@ class PreviewScreen(LiveScreen):
             choices.person_id,
         )
         self._show_choices(choices)
-        self._show_result(message.result, message.problem)
+        self._show_result()
 
     def _show_choices(self, choices: PreviewChoices) -> None:
         self._set_options(
             "#preview-company",
-            [(f"{c.name} ({c.service_company_id})", str(c.id)) for c in choices.companies],
+            [(company_label(c.name, c.service_company_id), str(c.id)) for c in choices.companies],
             choices.company_id,
         )
         self._set_options(
             "#preview-day",
             [
-                (f"{d.date.isoformat()} · {d.job_count} jobs", d.date.isoformat())
+                (Text(f"{d.date.isoformat()} · {d.job_count} jobs"), d.date.isoformat())
                 for d in choices.days
             ],
             choices.day.isoformat() if choices.day else None,
@@ -190,7 +152,7 @@ class PreviewScreen(LiveScreen):
             choices.person_id,
         )
 
-    def _set_options(self, selector: str, options: list[tuple[str, str]], value: object) -> None:
+    def _set_options(self, selector: str, options: list[tuple[Text, str]], value: object) -> None:
         select = self.query_one(selector, Select)
         with self.prevent(Select.Changed):
             if self._shown_options.get(selector) != options:
@@ -202,33 +164,39 @@ class PreviewScreen(LiveScreen):
             elif select.value != wanted:
                 select.value = wanted
 
-    def _show_result(self, result: PreviewResult | None, problem: str | None) -> None:
-        shown = (result, problem, self.raw_json)
-        if shown == self._shown_result:
+    def _show_result(self) -> None:
+        result, problem = self._result, self._problem
+        jobs: list[dict[str, Any]] = (result.view.get("jobs") or []) if result else []
+        self.page, first, end = page_bounds(len(jobs), self.page)
+        shown = (result.key if result else None, problem, self.raw_json, self.page)
+        if shown == self._shown_key:
             return  # unchanged: keep the operator's scroll position
-        self._shown_result = shown
+        self._shown_key = shown
         summary = self.query_one("#preview-summary", Static)
         cards = self.query_one("#preview-cards", Vertical)
         raw = self.query_one("#preview-json", Static)
         cards.remove_children()
         raw.display = self.raw_json and result is not None
         cards.display = not raw.display
+        self.query_one("#preview-body", VerticalScroll).scroll_home(animate=False)
         if result is None:
-            summary.update(Text(problem or "Choose a company, a date and a technician.", "bold"))
+            summary.update(
+                safe_text(problem or "Choose a company, a date and a technician.", "bold")
+            )
             cards.mount(Static(Text("Nothing to preview.", style="dim"), classes="empty"))
             return
-        summary.update(_summary(result))
+        summary.update(_summary(result, first, end))
+        window = jobs[first:end]
         if self.raw_json:
-            raw.update(JSON.from_data(result.view, indent=2))
+            raw.update(_raw_json({**result.view, "jobs": window}))
             return
-        jobs = result.view.get("jobs") or []
         if not jobs:
             message = Text("This technician has no jobs on this day.", style="dim")
             cards.mount(Static(message, classes="empty"))
             return
         cards.mount_all(
             Static(render_job_card(job, self._hidden_fields(result, job)), classes="job-card")
-            for job in jobs
+            for job in window
         )
 
     @staticmethod
@@ -242,24 +210,42 @@ class PreviewScreen(LiveScreen):
     def _company_chosen(self, event: Select.Changed) -> None:
         if isinstance(event.value, str):
             self.company_id, self.day, self.person_id = uuid.UUID(event.value), None, None
+            self.page = 0
             self.refresh_data()
 
     @on(Select.Changed, "#preview-day")
     def _day_chosen(self, event: Select.Changed) -> None:
         if isinstance(event.value, str):
-            self.day = date.fromisoformat(event.value)
+            self.day, self.page = date.fromisoformat(event.value), 0
             self.refresh_data()
 
     @on(Select.Changed, "#preview-person")
     def _person_chosen(self, event: Select.Changed) -> None:
         if isinstance(event.value, str):
-            self.person_id = uuid.UUID(event.value)
+            self.person_id, self.page = uuid.UUID(event.value), 0
             self.refresh_data()
 
     def action_toggle_json(self) -> None:
         self.raw_json = not self.raw_json
         if self._choices is not None:
-            self._show_result(self._result, self._problem)
+            self._show_result()
+
+    def action_next_page(self) -> None:
+        self._turn_page(+1)
+
+    def action_previous_page(self) -> None:
+        self._turn_page(-1)
+
+    def _turn_page(self, step: int) -> None:
+        if self._result is None:
+            return
+        jobs = len(self._result.view.get("jobs") or [])
+        page, _, _ = page_bounds(jobs, self.page + step)
+        if page == self.page:
+            self.notify("No more jobs that way.")
+            return
+        self.page = page
+        self._show_result()
 
     def action_edit_toggles(self) -> None:
         if self.company_id is None:
@@ -273,39 +259,13 @@ class PreviewScreen(LiveScreen):
             return
         ids = [person.id for person in people]
         index = ids.index(self.person_id) if self.person_id in ids else -1
-        self.person_id = ids[(index + 1) % len(ids)]
+        self.person_id, self.page = ids[(index + 1) % len(ids)], 0
         self.refresh_data()
 
 
-def technician_preview(
-    document: Mapping[str, Any], person: Person, toggles: dict[str, Any], company_id: uuid.UUID
-) -> PreviewResult:
-    """The technician's view of ``document``, by the read API's own privacy function."""
-    view = schedule_view(
-        document,
-        role=person.role,
-        employee_id=person.employee_information_id,
-        toggles=toggles,
-        company_id=str(company_id),
-    )
-    shown = {str(job.get("jobId")) for job in view.get("jobs") or []}
-    full_jobs = {
-        str(job.get("jobId")): job
-        for job in document.get("jobs") or []
-        if str(job.get("jobId")) in shown
-    }
-    return PreviewResult(
-        person=person,
-        view=view,
-        full_jobs=full_jobs,
-        total_jobs=len(document.get("jobs") or []),
-        toggles=toggles,
-    )
-
-
-def _person_label(person: Person, jobs_per_employee: Mapping[str, int]) -> str:
+def _person_label(person: Person, jobs_per_employee: Mapping[str, int]) -> Text:
     jobs = jobs_per_employee.get(person.employee_information_id or "", 0)
-    return f"{person.label} · {jobs} job{'s' if jobs != 1 else ''}"
+    return safe_text(f"{person.label} · {jobs} job{'s' if jobs != 1 else ''}")
 
 
 def hidden_by_toggles(toggles: Mapping[str, Any]) -> list[str]:
@@ -318,15 +278,29 @@ def hidden_by_toggles(toggles: Mapping[str, Any]) -> list[str]:
     return hidden
 
 
-def _summary(result: PreviewResult) -> Text:
+def _summary(result: PreviewResult, first: int, end: int) -> Text:
     person, shown = result.person, len(result.view.get("jobs") or [])
     text = Text()
-    text.append(person.label, style="bold")
-    text.append(f" (employee {person.employee_information_id or 'none'})", style="dim")
+    text.append(printable(person.label), style="bold")
+    employee = printable(person.employee_information_id or "none")
+    text.append(f" (employee {employee})", style="dim")
     text.append(f" receives {shown} of {result.total_jobs} jobs. ")
+    if shown > end - first:
+        text.append(f"Showing {first + 1} to {end} ([ and ] turn pages). ", style="bold")
     hidden = hidden_by_toggles(result.toggles)
     text.append("Toggles hide: ", style="dim")
     text.append(", ".join(hidden) if hidden else "nothing")
     text.append(". Always hidden: ", style="dim")
     text.append(", ".join(sorted(ALWAYS_HIDDEN_JOB_FIELDS)) + ".")
+    return text
+
+
+def _raw_json(view: Mapping[str, Any]) -> Text:
+    """The view as the portal gets it, indented and highlighted, control characters escaped.
+
+    JSON escapes the C0 controls itself but writes C1 and bidi controls as they are.
+    """
+    dumped = json.dumps(view, indent=2, ensure_ascii=False, default=str)
+    text = safe_text(dumped, multiline=True)
+    JSONHighlighter().highlight(text)
     return text

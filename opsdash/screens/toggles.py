@@ -21,6 +21,7 @@ from textual.widgets import Button, Label, Static, Switch
 
 from opsdash.engine.queries import CompanyToggles
 from opsdash.privacy import PRIVACY_TOGGLES, overrides_for, toggle_reading, upstream_readings
+from opsdash.screens.widgets.formatting import safe_text
 
 TOGGLE_PREFIX = "TechDashboard_"
 
@@ -57,9 +58,10 @@ class TogglesScreen(ModalScreen[dict[str, bool] | None]):
         effective = self.toggles.effective
         with Vertical(id="toggles-dialog", classes="dialog"):
             yield Label(
-                f"Feature toggles · {self.toggles.name} ({self.toggles.service_company_id})",
+                safe_text(
+                    f"Feature toggles · {self.toggles.name} ({self.toggles.service_company_id})"
+                ),
                 id="toggles-title",
-                markup=False,
             )
             yield Static(
                 "On/off as technicians get them. A switch that differs from the upstream "
@@ -74,7 +76,7 @@ class TogglesScreen(ModalScreen[dict[str, bool] | None]):
                             id=_switch_id(name),
                             name=name,
                         )
-                        yield Label(toggle_label(name), classes="toggle-name", markup=False)
+                        yield Label(safe_text(toggle_label(name)), classes="toggle-name")
                         yield Static(self._upstream_note(name), classes="toggle-upstream")
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Save (ctrl+s)", variant="primary", id="toggles-save")

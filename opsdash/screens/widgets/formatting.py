@@ -1,15 +1,61 @@
-"""How the console writes times, durations, sizes and statuses (pure functions)."""
+"""How the console writes times, durations, sizes, statuses and upstream text (pure functions).
+
+Every string that came from outside (the upstream's company, customer and employee
+names, memos, addresses, error messages, log lines, ids) goes through
+:func:`printable` or :func:`safe_text` before it reaches a widget: control characters
+(NUL, ESC sequences, the other C0 and C1 controls, bidi overrides, lone surrogates) are
+shown as visible escapes instead of being written to the operator's terminal, and a
+:class:`~rich.text.Text` is never parsed as markup, so ``[bold]`` stays ``[bold]``.
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import datetime, tzinfo
+from typing import Any
 
 from rich.text import Text
 
 from opsdash.engine.models import JobStatus, JobType
 
 NOTHING = "—"
+
+# C0 controls (tab and newline are handled apart), DEL and C1, the Unicode line and
+# paragraph separators, the bidi marks, embeddings, overrides and isolates (text that
+# reads differently from what it is), and lone surrogates (which cannot be encoded).
+_UNSAFE = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
+)
+_UNSAFE_ON_ONE_LINE = re.compile(_UNSAFE.pattern[:-1] + "\t\n]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(value: object, *, multiline: bool = False) -> str:
+    """``value`` as text that is safe on a terminal: every control character escaped.
+
+    ``ESC[2J`` becomes the six visible characters ``\\x1b[2J``. With ``multiline``,
+    newlines and tabs are kept (memos, JSON); otherwise they are escaped too, so a value
+    never breaks a table row or a one-line label.
+    """
+    text = value if isinstance(value, str) else str(value)
+    if multiline:
+        text = text.replace("\r\n", "\n")
+    pattern = _UNSAFE if multiline else _UNSAFE_ON_ONE_LINE
+    return pattern.sub(_escape, text)
+
+
+def safe_text(value: object, style: str = "", *, multiline: bool = False, **options: Any) -> Text:
+    """``value`` as a :class:`Text` (never markup), control characters escaped.
+
+    ``options`` are passed to :class:`Text` (``no_wrap``, ``overflow``, ``justify``...).
+    """
+    return Text(printable(value, multiline=multiline), style=style, **options)
+
 
 JOB_TYPE_LABELS = {JobType.SYNC_SCHEDULE: "sched", JobType.SYNC_USERS: "users"}
 
@@ -92,8 +138,14 @@ def status_text(status: str, theme_variables: Mapping[str, str]) -> Text:
     return Text(status, style=f"bold {status_color(status, theme_variables)}")
 
 
+def company_label(name: str, service_company_id: str) -> Text:
+    """How a company is named in choosers: ``Name (service id)``, both escaped."""
+    return safe_text(f"{name} ({service_company_id})")
+
+
 def one_line(text: str | None, limit: int = 200) -> str:
+    """The text on one line (whitespace runs made one space), escaped, cut at ``limit``."""
     if not text:
         return ""
-    flat = " ".join(text.split())
+    flat = printable(" ".join(text.split()))
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"

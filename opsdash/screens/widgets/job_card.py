@@ -14,6 +14,7 @@ from opsdash.privacy import (
     RATE_FIELD_TOGGLES,
     TECHNICIAN_JOB_FIELDS,
 )
+from opsdash.screens.widgets.formatting import printable, safe_text
 
 HIDDEN = "hidden"
 
@@ -45,7 +46,7 @@ def _hidden_marker() -> Text:
 
 
 def _money(value: Any) -> str:
-    return f"{value:.2f}" if isinstance(value, int | float) else str(value)
+    return f"{value:.2f}" if isinstance(value, int | float) else printable(value)
 
 
 def _rates(job: Mapping[str, Any], hidden: set[str]) -> Text:
@@ -71,7 +72,7 @@ def _contact(job: Mapping[str, Any], hidden: set[str]) -> Text:
         if text:
             text.append("  ")
         text.append(f"{label} ", style="dim")
-        text.append_text(_hidden_marker() if concealed else Text(str(contact[field] or "—")))
+        text.append_text(_hidden_marker() if concealed else safe_text(contact[field] or "—"))
     return text
 
 
@@ -86,7 +87,7 @@ def _discounts(job: Mapping[str, Any], hidden: set[str]) -> Text | None:
         for entry in discounts
         if isinstance(entry, Mapping)
     ]
-    return Text(", ".join(parts))
+    return safe_text(", ".join(parts))
 
 
 def _crew(job: Mapping[str, Any]) -> str:
@@ -95,22 +96,23 @@ def _crew(job: Mapping[str, Any]) -> str:
         for entry in job.get("employeeSchedules") or []
         if isinstance(entry, Mapping)
     ]
-    return ", ".join(name for name in names if name)
+    return printable(", ".join(name for name in names if name))
 
 
 def render_job_card(job: Mapping[str, Any], hidden_fields: Sequence[str]) -> RenderableType:
     """The job as the technician gets it; ``hidden_fields`` are shown as hidden, not left out."""
     hidden = set(hidden_fields)
     title = Text()
-    title.append(f"{job.get('startTime') or '?'}-{job.get('endTime') or '?'}", style="bold")
-    title.append(f"  {job.get('serviceType') or 'job'}", style="bold")
-    title.append(f"  #{job.get('jobId', '?')}", style="dim")
+    times = f"{job.get('startTime') or '?'}-{job.get('endTime') or '?'}"
+    title.append(printable(times), style="bold")
+    title.append(f"  {printable(job.get('serviceType') or 'job')}", style="bold")
+    title.append(f"  #{printable(job.get('jobId', '?'))}", style="dim")
     if job.get("status"):
-        title.append(f"  {job['status']}", style="dim")
+        title.append(f"  {printable(job['status'])}", style="dim")
     lines: list[RenderableType] = [title]
-    customer = Text(str(job.get("customerName") or "—"))
+    customer = safe_text(job.get("customerName") or "—")
     if job.get("address"):
-        customer.append(f" · {job['address']}", style="dim")
+        customer.append(f" · {printable(job['address'])}", style="dim")
     lines.append(customer)
     details = Table.grid(padding=(0, 1))
     details.add_column(no_wrap=True)
@@ -124,7 +126,7 @@ def render_job_card(job: Mapping[str, Any], hidden_fields: Sequence[str]) -> Ren
         if field.split(".")[0] not in CARD_FIELDS and field != "contactInfo"
     )
     if extra:
-        lines.append(Text.assemble(("also hidden ", "dim"), ", ".join(extra)))
+        lines.append(Text.assemble(("also hidden ", "dim"), printable(", ".join(extra))))
     return Group(*lines)
 
 
@@ -146,5 +148,5 @@ def _detail_rows(job: Mapping[str, Any], hidden: set[str]) -> list[tuple[str, Te
         if field in hidden:
             rows.append((label, _hidden_marker()))
         elif job.get(field):
-            rows.append((label, Text(" ".join(str(job[field]).split()))))
+            rows.append((label, safe_text(" ".join(str(job[field]).split()))))
     return rows

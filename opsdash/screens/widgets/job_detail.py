@@ -19,6 +19,7 @@ from opsdash.screens.widgets.formatting import (
     NOTHING,
     duration,
     job_type_label,
+    safe_text,
     status_text,
     timestamp,
 )
@@ -27,7 +28,9 @@ from opsdash.screens.widgets.formatting import (
 def _json(value: Any) -> Text:
     if value in (None, {}, []):
         return Text(NOTHING, style="dim")
-    return Text(orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode())
+    dumped = orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode()
+    # JSON escapes C0 controls but writes C1 and bidi controls as they are.
+    return safe_text(dumped, multiline=True)
 
 
 def render_job_detail(
@@ -38,8 +41,8 @@ def render_job_detail(
     facts.add_column()
     company = detail.company_name or (str(detail.company_id) if detail.company_id else NOTHING)
     facts.add_row("job", Text(str(detail.id)))
-    facts.add_row("type", Text(job_type_label(detail.job_type)))
-    facts.add_row("company", Text(company))
+    facts.add_row("type", safe_text(job_type_label(detail.job_type)))
+    facts.add_row("company", safe_text(company))
     facts.add_row("status", status_text(detail.status, theme_variables))
     attempts = f"{detail.attempts} of {detail.max_attempts}"
     if detail.rescue_count:
@@ -54,12 +57,15 @@ def render_job_detail(
     for label, moment in times:
         facts.add_row(label, timestamp(moment, zone))
     facts.add_row("duration", duration(detail.duration_ms))
-    facts.add_row("worker", Text(detail.locked_by or NOTHING))
+    facts.add_row("worker", safe_text(detail.locked_by or NOTHING))
     if detail.lease_expires_at is not None:
         facts.add_row("lease until", timestamp(detail.lease_expires_at, zone))
     parts: list[RenderableType] = [facts]
     if detail.error_message:
-        parts += [Text("\nlast error", style="bold"), Text(detail.error_message)]
+        parts += [
+            Text("\nlast error", style="bold"),
+            safe_text(detail.error_message, multiline=True),
+        ]
     parts += [Text("\nparams", style="bold"), _json(detail.params)]
     parts += [Text("\nresult", style="bold"), _json(detail.result)]
     parts.append(Text(f"\nerror history ({len(detail.errors)})", style="bold"))
@@ -69,10 +75,10 @@ def render_job_detail(
             history.add_column(column, style="dim" if column != "message" else None)
         for entry in detail.errors:
             history.add_row(
-                str(entry.get("attempt", "?")),
-                _entry_time(entry.get("at"), zone),
-                Text(str(entry.get("worker") or NOTHING)),
-                Text(str(entry.get("message") or "")),
+                safe_text(entry.get("attempt", "?")),
+                safe_text(_entry_time(entry.get("at"), zone)),
+                safe_text(entry.get("worker") or NOTHING),
+                safe_text(entry.get("message") or "", multiline=True),
             )
         parts.append(history)
     else:

@@ -15,7 +15,7 @@ from textual.markup import escape
 from textual.widgets import Static
 
 from opsdash.screens.messages import SystemStatus
-from opsdash.screens.widgets.formatting import NOTHING, age, clock, until
+from opsdash.screens.widgets.formatting import NOTHING, age, clock, printable, safe_text, until
 
 SLOW_DATABASE_MS = 2000.0
 
@@ -74,7 +74,7 @@ class StatusBar(Vertical):
 
     def _nav(self, status: SystemStatus | None) -> str:
         mode = status.engine.mode if status else None
-        badge = f"[reverse b] {escape(str(mode).upper())} [/] " if mode else ""
+        badge = f"[reverse b] {escape(printable(str(mode).upper()))} [/] " if mode else ""
         current = self.app.current_mode
         links = []
         for name, key, label in SCREENS:
@@ -115,16 +115,16 @@ class StatusBar(Vertical):
         last = times.last_queued_at if times else None
         text.append(f"{age(last, now)} ago" if last else NOTHING)
         text.append(" · ", style="dim")
-        text.append(short_database(engine.database))
+        text.append(printable(short_database(engine.database)))
         text.append(" · upstream ", style="dim")
-        text.append(short_upstream(engine.upstream))
+        text.append(printable(short_upstream(engine.upstream)))
         return text
 
     @staticmethod
     def _problem(status: SystemStatus, zone: tzinfo | None) -> Text | None:
         if not status.database_ok:
             since = clock(status.down_since, zone) if status.down_since else "now"
-            return Text(
+            return safe_text(
                 f"Database unreachable since {since}: {status.database_error or 'no answer'}. "
                 "Retrying every second; tables show the last data read."
             )
