@@ -10,6 +10,12 @@ Times every query a console refresh runs (median of several runs after a warm-up
 Then, against the SQLite database and in a fresh process, runs the console headless
 (Textual ``run_test``), visits every screen, and reports how long its refreshes took and
 the process's peak RSS. Prints the figures as tables.
+
+    .venv/bin/python bench/bench_console.py --large-day
+
+Syncs a demo day of 2,500 jobs (all on the technician the preview opens with) and opens
+the technician preview on it: time to first render, the longest UI stall, job cards
+mounted, key latency, and UI stalls during later refreshes.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import itertools
 import random
 import statistics
 import sys
@@ -39,7 +46,9 @@ from textual.pilot import Pilot
 
 from opsdash.app import OpsdashApp
 from opsdash.config import Settings
+from opsdash.demo.crowded import CrowdedDayWorld
 from opsdash.demo.data import DemoWorld
+from opsdash.demo.server import DemoUpstream
 from opsdash.engine import queries
 from opsdash.engine.blobs import LocalBlobStore, schedule_path
 from opsdash.engine.db import Database, connect, create_schema
@@ -493,9 +502,9 @@ def bench_backend(url: str, jobs: int, blob_root: Path | None = None) -> Backend
 class RefreshTimes:
     """Times each screen refresh: its queries (worker thread) and until its data is shown.
 
-    Installed by wrapping ``fetch`` and the ``on_*_loaded`` handler of each live screen,
-    which is why the console runs in a process of its own. A refresh is filed under
-    ``screen``, the part of the visit under way when it started; none is recorded while
+    Installed by wrapping ``refresh_job`` (what the refresh worker runs) and the
+    ``on_*_loaded`` handler of each live screen, which is why the console runs in a
+    process of its own. A refresh is filed under ``screen``, the part of the visit under way when it started; none is recorded while
     ``screen`` is empty, nor one superseded by a newer refresh (its data is never shown).
     """
 
@@ -519,17 +528,22 @@ class RefreshTimes:
             self._wrap_handler(screen_class, handler)
 
     def _wrap_fetch(self, screen_class: type[LiveScreen]) -> None:
-        original = screen_class.fetch
+        original = screen_class.refresh_job
 
-        def fetch(screen: LiveScreen) -> Message | None:
-            label, started = self.screen, time.perf_counter()
-            message = original(screen)
-            if label and message is not None:
-                fetch_ms = (time.perf_counter() - started) * 1000
-                self._fetched[id(message)] = (message, label, started, fetch_ms)
-            return message
+        def refresh_job(screen: LiveScreen) -> Callable[[], Message | None]:
+            job = original(screen)
 
-        screen_class.fetch = fetch  # type: ignore[method-assign]
+            def timed() -> Message | None:
+                label, started = self.screen, time.perf_counter()
+                message = job()
+                if label and message is not None:
+                    fetch_ms = (time.perf_counter() - started) * 1000
+                    self._fetched[id(message)] = (message, label, started, fetch_ms)
+                return message
+
+            return timed
+
+        screen_class.refresh_job = refresh_job  # type: ignore[method-assign]
 
     def _wrap_handler(self, screen_class: type[LiveScreen], name: str) -> None:
         original = getattr(screen_class, name)
@@ -636,6 +650,125 @@ def run_console_process(database_url: str, data_dir: Path) -> dict[str, Any]:
         return pool.submit(measure_console, database_url, str(data_dir)).result()
 
 
+# --- a crowded day in the technician preview ---------------------------------------------
+
+CROWDED_JOBS = 2500
+KEY_PRESSES = 20
+
+
+def sync_crowded_day(data_dir: Path) -> tuple[str, date, float]:
+    """Sync a demo world with one 2,500-job day into SQLite; (url, day, stored KB)."""
+    day = datetime.now(UTC).date() + timedelta(days=2)
+    world = CrowdedDayWorld(day, jobs=CROWDED_JOBS)
+    upstream = DemoUpstream(world=world, api_key="bench-key")
+    upstream.start()
+    url = f"sqlite:///{data_dir / 'crowded.db'}"
+    settings = Settings(
+        data_dir=data_dir,
+        database_url=url,
+        blob_backend="local",
+        maidcentral_api_url=upstream.url,
+        maidcentral_api_key="bench-key",
+        upstream_rate_per_minute=100_000,
+        upstream_rate_per_hour=1_000_000,
+    )
+    engine = Engine(settings)
+    try:
+        engine.start(scheduler=False)
+        engine.sync()
+        if not engine.wait_idle(timeout_s=300):
+            raise TimeoutError("the crowded day did not sync in 300 s")
+        company_id = queries.company_choices(engine.db)[0].id
+        stored = next(d for d in queries.stored_days(engine.db, company_id) if d.date == day)
+    finally:
+        engine.stop()
+        upstream.stop()
+    return url, day, stored.file_size_kb
+
+
+async def drive_crowded_preview(settings: Settings, day: date) -> dict[str, float]:
+    """Open the preview on the crowded day; time the first render, keys, and UI stalls."""
+    engine = Engine(settings)  # not started: nothing competes with the console
+    figures: dict[str, float] = {}
+    try:
+        app = OpsdashApp(engine, poll_interval_s=POLL_INTERVAL_S)
+        async with app.run_test(size=APP_SIZE) as pilot:
+            ticks: list[float] = []
+            app.set_interval(0.02, lambda: ticks.append(time.perf_counter()))
+            await wait_for(pilot, lambda: app.system_status is not None)
+            company_id = queries.company_choices(engine.db)[0].id
+            started = time.perf_counter()
+            ticks.append(started)
+            app.open_preview(company_id, day)
+
+            def rendered() -> bool:
+                screen = app.screen
+                result = getattr(screen, "_result", None)
+                return (
+                    result is not None
+                    and len(result.view.get("jobs") or []) == CROWDED_JOBS
+                    and len(screen.query(".job-card")) > 0
+                )
+
+            await wait_for(pilot, rendered)
+            await pilot.pause()
+            figures["first_render_ms"] = (time.perf_counter() - started) * 1000
+            figures["cards_mounted"] = len(app.screen.query(".job-card"))
+            figures["load_stall_ms"] = max(b - a for a, b in itertools.pairwise(ticks)) * 1000
+            latencies = []
+            for _ in range(KEY_PRESSES):
+                pressed = time.perf_counter()
+                await pilot.press("down")
+                latencies.append((time.perf_counter() - pressed) * 1000)
+            figures["key_median_ms"] = statistics.median(latencies)
+            figures["key_max_ms"] = max(latencies)
+            # A few refreshes of the unchanged day: do they stall the UI?
+            ticks.clear()
+            ticks.append(time.perf_counter())
+            refreshes = getattr(app.screen, "refreshes", 0)
+            await wait_for(pilot, lambda: getattr(app.screen, "refreshes", 0) >= refreshes + 2)
+            figures["refresh_stall_ms"] = max(b - a for a, b in itertools.pairwise(ticks)) * 1000
+    finally:
+        engine.stop()
+    return figures
+
+
+def measure_crowded_preview(database_url: str, data_dir: str, day: str) -> dict[str, float]:
+    settings = Settings(
+        data_dir=Path(data_dir),
+        database_url=database_url,
+        blob_backend="local",
+        maidcentral_api_url="http://127.0.0.1:9",
+        maidcentral_api_key="unused",
+    )
+    figures = asyncio.run(drive_crowded_preview(settings, date.fromisoformat(day)))
+    figures["peak_rss_mb"] = peak_rss_mb()
+    return figures
+
+
+def bench_crowded_preview() -> None:
+    with tempfile.TemporaryDirectory(prefix="opsdash-bench-") as folder:
+        print("syncing a 2,500-job day…", file=sys.stderr)
+        url, day, kb = sync_crowded_day(Path(folder))
+        print("running the console on it…", file=sys.stderr)
+        with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+            figures = pool.submit(measure_crowded_preview, url, folder, day.isoformat()).result()
+    width, height = APP_SIZE
+    print(
+        f"\n== technician preview of a {CROWDED_JOBS:,}-job day ({kb / 1024:.1f} MB stored), "
+        f"{width}x{height} =="
+    )
+    print(f"first render (open → cards shown)   {figures['first_render_ms']:8.0f} ms")
+    print(f"longest UI stall while loading      {figures['load_stall_ms']:8.0f} ms")
+    print(f"job cards mounted                   {figures['cards_mounted']:8.0f}")
+    print(
+        f"key press (scroll), median / max    {figures['key_median_ms']:8.1f} / "
+        f"{figures['key_max_ms']:.1f} ms"
+    )
+    print(f"longest UI stall over 2 refreshes   {figures['refresh_stall_ms']:8.0f} ms")
+    print(f"peak RSS of the console process     {figures['peak_rss_mb']:8.0f} MB")
+
+
 # --- report -------------------------------------------------------------------------------
 
 
@@ -700,7 +833,15 @@ def main() -> None:
     )
     parser.add_argument("--rows", type=row_count, default=200_000, help="background jobs to seed")
     parser.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="both")
+    parser.add_argument(
+        "--large-day",
+        action="store_true",
+        help="only the technician preview of a 2,500-job day",
+    )
     args = parser.parse_args()
+    if args.large_day:
+        bench_crowded_preview()
+        return
     results: dict[str, BackendResult] = {}
     console: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory(prefix="opsdash-bench-") as folder:

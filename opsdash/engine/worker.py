@@ -17,6 +17,7 @@ from opsdash.engine.blobs import BlobStoreUnavailable
 from opsdash.engine.handlers import HandlerContext, Outcome
 from opsdash.engine.models import BackgroundJob, JobStatus
 from opsdash.engine.storage_gate import StorageGate
+from opsdash.statelog import StateChangeLog
 
 log = logging.getLogger("opsdash.jobs")
 
@@ -68,6 +69,9 @@ class WorkerPool:
         self._paused = threading.Event()
         self._held: dict[str, list[BackgroundJob]] = {}
         self._held_lock = threading.Lock()
+        # During an outage every claim and heartbeat fails: one line when it starts,
+        # a summary now and then, one line when it ends.
+        self._outages = StateChangeLog(log)
         self._threads: list[threading.Thread] = []
 
     # --- control ---------------------------------------------------------------------
@@ -141,9 +145,12 @@ class WorkerPool:
             try:
                 batch = queue.claim(self.context.db, worker_id, lease_s=self.settings.lease_s)
             except SQLAlchemyError as error:
-                log.warning("claim failed (database unreachable?): %s", error.__class__.__name__)
+                self._outages.failed(
+                    "claim", "claims failing (database unreachable?): %s", type(error).__name__
+                )
                 self._stopping.wait(self.settings.poll_interval_s)
                 continue
+            self._outages.succeeded("claim")
             if not batch:
                 self._sleep()
                 continue
@@ -260,7 +267,9 @@ class WorkerPool:
         try:
             queue.heartbeat(self.context.db, worker_id, job_ids, lease_s=self.settings.lease_s)
         except SQLAlchemyError as error:
-            log.warning("heartbeat failed: %s", error.__class__.__name__)
+            self._outages.failed("heartbeat", "heartbeats failing: %s", type(error).__name__)
+            return
+        self._outages.succeeded("heartbeat")
 
     def _release_held(self) -> None:
         with self._held_lock:

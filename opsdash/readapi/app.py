@@ -219,7 +219,7 @@ def create_app(
     )
     app.state.readapi = state
     app.include_router(router)
-    install_error_handler(app)
+    install_error_handler(app, state.service.outages)
     # Middleware added later wraps what was added before: the fast path sits inside CORS
     # (which adds its headers), the request guards (duplicate Authorization, HEAD, the
     # operator endpoints) outside both, and ObserveRequests outside all sees every answer.

@@ -12,6 +12,8 @@ from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from opsdash.statelog import StateChangeLog
+
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
@@ -178,8 +180,13 @@ class RefreshingCache(Generic[K, V]):
         max_entries: int,
         serve_stale: bool = True,
         clock: Callable[[], float] = time.monotonic,
+        outages: StateChangeLog | None = None,
+        outage_key: str = "database",
     ) -> None:
         self._load = load
+        # Failed reloads during an outage are logged through ``outages``: once, not per key.
+        self._outages = outages or StateChangeLog(log)
+        self._outage_key = outage_key
         self.fresh_s = fresh_s
         self._serve_stale = serve_stale
         self._clock = clock
@@ -198,7 +205,7 @@ class RefreshingCache(Generic[K, V]):
             if not self._serve_stale:
                 return MISSING
             reload = self._loads.start(key, lambda: self._load_and_keep(key))
-            reload.add_done_callback(lambda done: _log_failed_refresh(key, done))
+            reload.add_done_callback(lambda done: self._log_failed_refresh(key, done))
         return value
 
     async def get(self, key: K) -> V:
@@ -211,7 +218,9 @@ class RefreshingCache(Generic[K, V]):
             entry = self._entries.get(key)  # kept until max_stale_s
             if entry is MISSING:
                 raise
-            log.warning("reloading %r failed, serving the older value: %s", key, error)
+            self._outages.failed(
+                self._outage_key, "reloading %r failed, serving the older value: %s", key, error
+            )
             return entry[1]
 
     def drop(self, key: K) -> None:
@@ -220,9 +229,12 @@ class RefreshingCache(Generic[K, V]):
     async def _load_and_keep(self, key: K) -> V:
         value = await self._load(key)
         self._entries.put(key, (self._clock(), value))
+        self._outages.succeeded(self._outage_key)
         return value
 
-
-def _log_failed_refresh(key: object, done: asyncio.Future[object]) -> None:
-    if not done.cancelled() and done.exception() is not None:
-        log.warning("refreshing %r failed, serving the older value: %s", key, done.exception())
+    def _log_failed_refresh(self, key: object, done: asyncio.Future[object]) -> None:
+        if not done.cancelled() and done.exception() is not None:
+            error = done.exception()
+            self._outages.failed(
+                self._outage_key, "refreshing %r failed, serving the older value: %s", key, error
+            )

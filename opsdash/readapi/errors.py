@@ -2,13 +2,14 @@
 
 Routes and dependencies raise domain errors (their own :class:`ApiError`
 subclasses, the privacy module's refusals, the engine's storage and database
-errors); :func:`error_response` is the one handler that turns any of them into
+errors); :func:`error_responder` makes the one handler that turns any of them into
 ``{"error": "..."}`` with the right status. Clients never see a stack trace.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -23,6 +24,7 @@ from opsdash.privacy import ViewRefused
 from opsdash.readapi.logbudget import LogBudget
 from opsdash.readapi.models import ErrorBody
 from opsdash.readapi.responses import json_response
+from opsdash.statelog import StateChangeLog
 
 log = logging.getLogger("opsdash.readapi")
 _log_budget = LogBudget(lines=10, window_s=60.0)
@@ -89,24 +91,58 @@ def classify(error: Exception) -> tuple[int, str, dict[str, str] | None]:
     return 500, "internal error", None
 
 
-async def error_response(request: Request, error: Exception) -> Response:
-    status, message, headers = classify(error)
-    if status >= 500 and not getattr(error, "logged", False):
-        # The operator gets the cause in the log; the client only the message. Within a
-        # budget per kind of failure, so that a client repeating a failing request cannot
-        # fill the disk with tracebacks.
-        _log_budget.log(
-            log,
-            logging.ERROR,
-            f"{status} {type(error).__name__}",
-            "%s %s failed: %s: %.300s",
-            request.method,
-            request.url.path[:200],
-            type(error).__name__,
-            error,
-            exc_info=status == 500,
-        )
-    return json_response(ErrorBody(error=message).model_dump(), status, headers)
+def outage_kind(error: Exception) -> str | None:
+    """ "database" or "storage" when ``error`` means that part is unreachable, else None."""
+    if isinstance(error, BlobStoreUnavailable):
+        return "storage"
+    if isinstance(error, DatabaseUnavailable | SQLAlchemyError):
+        return "database"
+    return None
+
+
+def error_responder(
+    outages: StateChangeLog | None = None,
+) -> Callable[[Request, Exception], Awaitable[Response]]:
+    """The one handler: every error becomes ``{"error": ...}`` with its status.
+
+    Server-side failures are logged for the operator; an unreachable database or
+    storage through ``outages``, so an outage is one line when it starts, a summary
+    now and then, and one line when it ends, not one line per request.
+    """
+
+    async def error_response(request: Request, error: Exception) -> Response:
+        status, message, headers = classify(error)
+        if status >= 500 and not getattr(error, "logged", False):
+            # The operator gets the cause in the log; the client only the message.
+            path = request.url.path[:200]
+            kind = outage_kind(error)
+            if kind is not None and outages is not None:
+                outages.failed(
+                    kind,
+                    "%s unreachable: %s %s failed: %s: %.300s",
+                    kind,
+                    request.method,
+                    path,
+                    type(error).__name__,
+                    error,
+                )
+            else:
+                # Within a budget per kind of failure, so that a client repeating a
+                # failing request cannot fill the disk with tracebacks.
+                _log_budget.log(
+                    log,
+                    logging.ERROR,
+                    f"{status} {type(error).__name__}",
+                    "%s %s failed: %s: %.300s",
+                    request.method,
+                    path,
+                    type(error).__name__,
+                    error,
+                    exc_info=status == 500,
+                )
+        return json_response(ErrorBody(error=message).model_dump(), status, headers)
+
+    return error_response
 
 
 HANDLED: tuple[type[Exception], ...] = (
@@ -122,10 +158,11 @@ HANDLED: tuple[type[Exception], ...] = (
 )
 
 
-def install_error_handler(app: FastAPI) -> None:
+def install_error_handler(app: FastAPI, outages: StateChangeLog | None = None) -> None:
     """Route every exception type through the one handler above."""
+    handler = error_responder(outages)
     for error_type in HANDLED:
-        app.add_exception_handler(error_type, error_response)
+        app.add_exception_handler(error_type, handler)
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {

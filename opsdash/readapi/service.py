@@ -40,6 +40,9 @@ from opsdash.engine.verify import queue_resync
 from opsdash.privacy import UnknownRole, schedule_view, view_inputs
 from opsdash.readapi.cache import MISSING, CachePolicy, LruCache, RefreshingCache, SingleFlight
 from opsdash.readapi.errors import Forbidden, NotFound, ServiceUnavailable
+from opsdash.statelog import StateChangeLog
+
+log = logging.getLogger("opsdash.readapi")
 
 log = logging.getLogger("opsdash.readapi")
 
@@ -132,11 +135,14 @@ class ScheduleService:
         self._lost: OrderedDict[tuple[uuid.UUID, date, str], None] = OrderedDict()
         self._lost_lock = threading.Lock()
         self.policy = policy = policy or CachePolicy()
+        self.outages = StateChangeLog(log)
+        """Unreachable database or storage: logged when it starts, now and then, when it ends."""
         self._viewers: RefreshingCache[uuid.UUID, Viewer | None] = RefreshingCache(
             self._fetch_viewer,
             fresh_s=policy.profile_ttl_s,
             max_stale_s=policy.max_stale_s,
             max_entries=policy.profile_cache_entries,
+            outages=self.outages,
         )
         self._schedules: RefreshingCache[tuple[uuid.UUID, date], StoredSchedule | None] = (
             RefreshingCache(
@@ -147,6 +153,7 @@ class ScheduleService:
                 # A new sync must show at once: never answer with the previous day
                 # (and its ETag) once the metadata TTL is up.
                 serve_stale=False,
+                outages=self.outages,
             )
         )
         self._documents: LruCache[str, dict[str, Any]] = LruCache(
@@ -277,6 +284,7 @@ class ScheduleService:
         except BlobNotFound:
             await run_in_threadpool(self._object_lost, ref)
             raise ObjectLost() from None
+        self.outages.succeeded("storage")
         actual = sha256_hex(body)
         if actual != expected:
             # A sync replaced the blob after the metadata was read: serve what the blob
@@ -318,4 +326,6 @@ class ScheduleService:
         """Raise when the database or the blob store cannot be reached (blocking)."""
         with self.db.read() as conn:
             conn.execute(text("SELECT 1"))
+        self.outages.succeeded("database")
         self.blobs.ping()
+        self.outages.succeeded("storage")
