@@ -504,8 +504,9 @@ class RefreshTimes:
 
     Installed by wrapping ``refresh_job`` (what the refresh worker runs) and the
     ``on_*_loaded`` handler of each live screen, which is why the console runs in a
-    process of its own. A refresh is filed under ``screen``, the part of the visit under way when it started; none is recorded while
-    ``screen`` is empty, nor one superseded by a newer refresh (its data is never shown).
+    process of its own. A refresh is filed under ``screen``, the part of the visit under
+    way when it started; none is recorded while ``screen`` is empty, nor one superseded
+    by a newer refresh (its data is never shown).
     """
 
     def __init__(self, screen: str = "") -> None:
