@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -45,6 +45,8 @@ from opsdash.screens.preview import PreviewScreen
 from opsdash.screens.toggles import TogglesScreen
 from opsdash.screens.widgets.live_table import LiveTable
 from tests.conftest import engine_settings
+from tests.waiting import settle_until as wait_for
+from tests.waiting import wait_until
 
 DAYS = 7
 WIDE, NARROW = (120, 36), (80, 24)
@@ -77,16 +79,6 @@ def synced_engine(console_engine: Engine) -> Engine:
 
 def make_app(engine: Engine) -> OpsdashApp:
     return OpsdashApp(engine, poll_interval_s=0.3)
-
-
-async def wait_for(pilot: Pilot, condition: Callable[[], object], timeout_s: float = 15.0) -> None:
-    """Let the app run until ``condition()`` holds."""
-    loops = int(timeout_s / 0.05)
-    for _ in range(loops):
-        if condition():
-            return
-        await pilot.pause(0.05)
-    raise AssertionError(f"timed out waiting for {getattr(condition, '__name__', condition)}")
 
 
 def text_of(widget: Widget) -> str:
@@ -584,7 +576,7 @@ def test_quitting_stops_the_engine_and_leaves_no_job_running(
     tmp_path: Path, sqlite_url: str, demo_upstream: DemoUpstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """run_console starts the engine, and on quit (mid-sync here) stops it cleanly."""
-    demo_upstream.faults.latency_ms = 300  # jobs are still running when the operator quits
+    demo_upstream.faults.latency_ms = 500  # each upstream call keeps its job running a while
     seen: dict[str, object] = {}
 
     def quit_during_a_sync(app: OpsdashApp) -> None:
@@ -592,7 +584,13 @@ def test_quitting_stops_the_engine_and_leaves_no_job_running(
         seen["workers"] = engine.status().workers_total
         seen["scheduler"] = engine.scheduler is not None
         seen["db"] = engine.db
-        engine.wait_idle(timeout_s=0.5)  # the first-run sync is under way
+        # Quit once the first-run sync has a job running (an event, not a guessed time).
+        wait_until(
+            lambda: any(j.status == JobStatus.RUNNING for j in jobs_in_db(engine)),
+            what="the first-run sync to have a job running",
+            timeout_s=30,
+            poll_s=0.01,
+        )
         seen["active"] = engine.active_jobs()
 
     monkeypatch.setattr(OpsdashApp, "run", quit_during_a_sync)

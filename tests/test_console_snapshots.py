@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from textual.pilot import Pilot
+from textual.screen import Screen
 from textual.widgets import Input
 
 from opsdash.app import OpsdashApp
@@ -33,10 +34,17 @@ from opsdash.engine.models import (
 from opsdash.engine.runtime import Engine, EngineStatus
 from opsdash.engine.transform import build_document, document_counts, serialize_document
 from opsdash.screens.base import LiveScreen
+from opsdash.screens.companies import CompaniesScreen
+from opsdash.screens.company_detail import CompanyDetailScreen
+from opsdash.screens.jobs import JobsScreen
+from opsdash.screens.log import LogScreen
 from opsdash.screens.messages import LogLine
 from opsdash.screens.preview import PreviewScreen
 from opsdash.screens.toggles import TogglesScreen
+from opsdash.screens.widgets.job_detail import JobDetailPane
+from opsdash.screens.widgets.live_table import LiveTable
 from tests.conftest import engine_settings
+from tests.waiting import settle_until, wait_for_workers
 
 NOW = datetime(2026, 12, 1, 15, 20, tzinfo=UTC)
 DAYS = [date(2026, 12, 1), date(2026, 12, 2), date(2026, 12, 3)]
@@ -284,39 +292,68 @@ def fixed_app(
     engine.stop()
 
 
-def when_loaded(
-    *keys: str, until: Callable[[OpsdashApp], bool] = lambda app: True
-) -> Callable[[Pilot], Awaitable[None]]:
-    """Press ``keys``, then wait until the screen shown has its data and the header its status."""
+def _unrendered(app: OpsdashApp, screen_type: type[Screen[Any]]) -> list[str]:
+    """What is not yet drawn as the snapshot means it; empty once the screen is ready."""
+    missing = []
+    screen = app.screen
+    if not isinstance(screen, screen_type):
+        return [f"the current screen is {type(screen).__name__}, not {screen_type.__name__}"]
+    if app.system_status is None:
+        missing.append("the header has no status yet")
+    if isinstance(screen, LiveScreen) and screen.refreshes == 0:
+        missing.append(f"{type(screen).__name__} has not loaded its data")
+    for table in screen.query(LiveTable):
+        if not table.settled:
+            missing.append(f"table #{table.id} has changes not yet laid out")
+        if table.row_count == 0:
+            missing.append(f"table #{table.id} shows no rows")
+    for pane in screen.query(JobDetailPane):
+        selected = getattr(screen, "selected_job_id", None)
+        if selected is None or pane.shown_job_id != selected:
+            missing.append(f"the detail pane shows {pane.shown_job_id}, not the job {selected}")
+    if isinstance(screen, PreviewScreen) and screen._result is None:
+        missing.append("the preview has no result")
+    return missing
+
+
+Stage = tuple[tuple[str, ...], type[Screen[Any]]]
+
+
+def when_loaded(*stages: Stage) -> Callable[[Pilot], Awaitable[None]]:
+    """For each stage, press its keys, then wait until its screen is current and drawn.
+
+    Fails, saying what is missing, rather than freeze a half-drawn screen.
+    """
 
     async def run_before(pilot: Pilot) -> None:
         app: OpsdashApp = pilot.app  # type: ignore[assignment]
-        for key in keys:
-            await pilot.press(key)
-            await pilot.pause()
-        for _ in range(200):
-            screen = app.screen
-            ready = app.system_status is not None and until(app)
-            if isinstance(screen, LiveScreen):
-                ready = ready and screen.refreshes > 0
-            if isinstance(screen, PreviewScreen):
-                ready = ready and screen._result is not None
-            if ready:
-                break
-            await pilot.pause(0.05)
+        for keys, screen in stages:
+            for key in keys:
+                await pilot.press(key)
+                await pilot.pause()
+            await settle_until(
+                pilot,
+                lambda screen=screen: not _unrendered(app, screen),
+                what=f"{screen.__name__} to be drawn",
+                seen=lambda screen=screen: "; ".join(_unrendered(app, screen)),
+            )
         for field in app.screen.query(Input):
             field.cursor_blink = False
+        await wait_for_workers(app)
         await pilot.pause()
+        # A last look: nothing the pause let in may have undone the drawn state.
+        last = stages[-1][1]
+        assert not _unrendered(app, last), _unrendered(app, last)
 
     return run_before
 
 
-SCREENS = {
-    "jobs": (),
-    "companies": ("2",),
-    "company_detail": ("2", "enter"),
-    "preview": ("3",),
-    "log": ("4",),
+SCREENS: dict[str, list[Stage]] = {
+    "jobs": [((), JobsScreen)],
+    "companies": [(("2",), CompaniesScreen)],
+    "company_detail": [(("2",), CompaniesScreen), (("enter",), CompanyDetailScreen)],
+    "preview": [(("3",), PreviewScreen)],
+    "log": [(("4",), LogScreen)],
 }
 
 
@@ -332,5 +369,5 @@ def test_toggle_editor_looks_right(fixed_app, snap_compare) -> None:
     assert snap_compare(
         fixed_app(),
         terminal_size=SIZES["narrow"],
-        run_before=when_loaded("2", "t", until=lambda app: isinstance(app.screen, TogglesScreen)),
+        run_before=when_loaded((("2",), CompaniesScreen), (("t",), TogglesScreen)),
     )

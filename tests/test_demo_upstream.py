@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ import pytest
 from opsdash.demo import FAULT_KINDS, DemoUpstream, DemoWorld, FaultSettings
 from opsdash.demo.cli import add_arguments, run
 from opsdash.demo.data import WINDOWS_TIME_ZONES
+from tests.waiting import wait_until
 
 DAY = date(2025, 3, 14)
 JOB_KEYS = {
@@ -32,15 +33,6 @@ JOB_KEYS = {
 }  # fmt: skip
 AUTH = {"Authorization": "Bearer demo-key"}
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll a condition instead of sleeping a guessed amount."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
 
 
 def day_params(start: date = DAY, end: date = DAY, company: str | None = None) -> dict[str, str]:
@@ -269,7 +261,7 @@ def test_hang_ends_when_the_server_stops() -> None:
 
     caller = threading.Thread(target=call)
     caller.start()
-    wait_until(lambda: server.stats()["outcomes"].get("timeout") == 1)
+    wait_until(lambda: server.stats()["outcomes"].get("timeout") == 1, timeout_s=5)
     started = time.monotonic()
     server.stop()
     caller.join(timeout=5)

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,17 +20,9 @@ from opsdash.engine import handlers, queue
 from opsdash.engine.models import BackgroundJob, JobStatus, ScheduleData
 from opsdash.engine.runtime import Engine
 from tests.conftest import engine_settings
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 def worker_env(settings: Settings) -> dict[str, str]:
@@ -105,7 +96,9 @@ def test_two_worker_processes_drain_2000_jobs_exactly_once(
             run_users_job_inline(engine)
             assert job_counts(engine)[JobStatus.PENDING] == 2000
             workers = [spawn_worker(settings, 3), spawn_worker(settings, 3)]
-            wait_for(lambda: job_counts(engine).keys() == {"completed"}, 240, "the drain")
+            wait_until(
+                lambda: job_counts(engine).keys() == {"completed"}, timeout_s=240, what="the drain"
+            )
             for process in workers:
                 process.send_signal(signal.SIGTERM)
                 output = Path(process.log_path).read_text()[-2000:]
@@ -135,12 +128,16 @@ def test_killed_worker_is_rescued_and_the_blob_is_whole(
             run_users_job_inline(engine)
             upstream.faults.latency_ms = 60_000  # the worker hangs mid-job, as if stuck
             doomed = spawn_worker(settings, 1)
-            wait_for(lambda: job_counts(engine).get("running", 0) > 0, 30, "a running job")
+            wait_until(
+                lambda: job_counts(engine).get("running", 0) > 0, timeout_s=30, what="a running job"
+            )
             doomed.send_signal(signal.SIGKILL)
             doomed.wait()
             upstream.faults.latency_ms = 0
             rescuer = spawn_worker(settings, 1)
-            wait_for(lambda: job_counts(engine).keys() == {"completed"}, 60, "the rescue")
+            wait_until(
+                lambda: job_counts(engine).keys() == {"completed"}, timeout_s=60, what="the rescue"
+            )
             rescuer.send_signal(signal.SIGTERM)
             assert rescuer.wait(timeout=30) == 0
             with engine.db.session() as session:

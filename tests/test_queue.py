@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -78,14 +79,51 @@ def test_claim_coalesces_a_companys_schedule_jobs(db: Database) -> None:
     assert queue.claim(db, worker, lease_s=LEASE, now=T0) == []
 
 
+def _race_to_claim(db: Database, racers: int) -> list[list[BackgroundJob]]:
+    """``racers`` threads released together on a barrier claim until nothing is due."""
+    barrier = threading.Barrier(racers)
+    taken: list[list[BackgroundJob]] = [[] for _ in range(racers)]
+    errors: list[BaseException] = []
+
+    def race(index: int) -> None:
+        worker = queue.new_worker_id()
+        try:
+            barrier.wait(timeout=30)
+            while batch := queue.claim(db, worker, lease_s=LEASE, now=T0):
+                taken[index].extend(batch)
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=race, args=(index,)) for index in range(racers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors, errors
+    return taken
+
+
 def test_two_workers_never_claim_the_same_job(db: Database) -> None:
-    queue.enqueue(db, [queue.NewJob(JobType.SYNC_USERS, f"k{i}") for i in range(20)], now=T0)
-    seen: set[uuid.UUID] = set()
-    for worker in [queue.new_worker_id() for _ in range(25)]:
-        for job in queue.claim(db, worker, lease_s=LEASE, now=T0):
-            assert job.id not in seen
-            seen.add(job.id)
-    assert len(seen) == 20
+    """Workers released together on a barrier, round after round, race for the same rows:
+    ``FOR UPDATE SKIP LOCKED`` (Postgres) or the immediate transaction (SQLite) must hand
+    every job to exactly one of them, and every due job to someone."""
+    rounds, racers = 20, 4
+    companies = [add_company(db, f"{2001 + index}") for index in range(3)]
+    overlapped = 0
+    for number in range(rounds):
+        users = [queue.NewJob(JobType.SYNC_USERS, f"round{number}-users{i}") for i in range(6)]
+        days = [
+            queue.schedule_job(company.id, f"2027-{1 + number // 28:02d}-{1 + number % 28:02d}")
+            for company in companies
+        ]
+        queue.enqueue(db, [*users, *days], now=T0)
+        taken = _race_to_claim(db, racers)
+        ids = [job.id for jobs in taken for job in jobs]
+        assert len(ids) == len(set(ids)), f"round {number}: a job was claimed twice"
+        assert len(ids) == len(users) + len(days), f"round {number}: a due job was left"
+        overlapped += sum(1 for jobs in taken if jobs) > 1
+    # The race must really have been run in parallel, or it proved nothing.
+    assert overlapped > 0, "no round had two workers claiming at once"
 
 
 def test_heartbeat_renews_only_own_running_jobs(db: Database) -> None:

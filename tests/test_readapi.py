@@ -34,6 +34,7 @@ from opsdash.engine.runtime import Engine
 from opsdash.privacy import schedule_view
 from opsdash.readapi.app import SCHEDULE_PATH, create_app
 from opsdash.readapi.tokens import mint_token
+from tests.waiting import wait_until
 
 PORTAL = "https://portal.example.com"
 UNREACHABLE_POSTGRES = "postgresql+psycopg://nobody@127.0.0.1:1/nothing"
@@ -163,10 +164,10 @@ def serving(app: FastAPI) -> Iterator[str]:
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:  # the readiness poll
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
+    wait_until(
+        lambda: server.started or not thread.is_alive(), what="uvicorn to start", poll_s=0.01
+    )
+    assert server.started, "uvicorn stopped before it started"
     try:
         yield f"http://127.0.0.1:{listener.getsockname()[1]}"
     finally:
@@ -652,10 +653,14 @@ def test_a_sync_that_changes_the_data_changes_the_etag(api: LiveApi) -> None:
     assert world.engine.wait_idle(timeout_s=30, poll_s=0.05)
     assert world.stored(world.company_a, day).checksum != old_checksum
     # The read API rereads a company-day's metadata at most a second after it changed.
-    deadline = time.monotonic() + 10
-    while (after := api.schedule(day, token)).headers["etag"] == before.headers["etag"]:
-        assert time.monotonic() < deadline, "the new sync never became visible"
-        time.sleep(0.1)
+    after = wait_until(
+        lambda: (
+            (answer := api.schedule(day, token)).headers["etag"] != before.headers["etag"]
+            and answer
+        ),
+        what="the new sync to become visible",
+        poll_s=0.1,
+    )
     assert after.status_code == 200
     stale = api.schedule(day, token, **{"If-None-Match": before.headers["etag"]})
     assert stale.status_code == 200

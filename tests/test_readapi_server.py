@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -25,6 +24,7 @@ from opsdash.engine.runtime import Engine
 from opsdash.readapi.app import SCHEDULE_PATH
 from opsdash.readapi.server import EXIT_BAD_CONFIGURATION, serve
 from opsdash.readapi.tokens import mint_token
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -69,16 +69,15 @@ def serving_process(
     base_url = f"http://127.0.0.1:{port}"
     try:
         # Spawned workers import everything afresh: on a loaded machine that takes a while.
-        deadline = time.monotonic() + 90
-        while True:  # the readiness poll
+
+        def ready() -> bool:
             assert process.poll() is None, process.communicate()[1]
-            assert time.monotonic() < deadline, "the server never became ready"
             try:
-                if httpx.get(f"{base_url}/readyz", timeout=1).status_code == 200:
-                    break
+                return httpx.get(f"{base_url}/readyz", timeout=1).status_code == 200
             except httpx.TransportError:
-                pass
-            time.sleep(0.1)
+                return False
+
+        wait_until(ready, what="the server to answer /readyz", timeout_s=90, poll_s=0.1)
         yield process, base_url
     finally:
         if process.poll() is None:
@@ -135,15 +134,14 @@ def test_the_engine_syncs_an_empty_database_and_stops_on_sigint(tmp_path: Path) 
     with serving_process(tmp_path, workers=1, with_engine=True) as (process, base_url):
         db = connect(settings_for(tmp_path).effective_database_url)
         try:
-            deadline = time.monotonic() + 30
-            # The first run of the engine syncs every company-day; wait for it to land.
-            while True:
+
+            def stored() -> int:
                 with db.session() as session:
-                    stored = session.execute(select(func.count()).select_from(ScheduleData))
-                    if stored.scalar_one() > 0:
-                        break
-                assert time.monotonic() < deadline, "the engine never stored a schedule"
-                time.sleep(0.1)
+                    count = session.execute(select(func.count()).select_from(ScheduleData))
+                    return int(count.scalar_one())
+
+            # The first run of the engine syncs every company-day; wait for it to land.
+            wait_until(stored, what="the engine to store a schedule", timeout_s=30, poll_s=0.1)
             with db.session() as session:
                 email = session.execute(
                     select(UserProfile.email).where(UserProfile.role == "office").limit(1)

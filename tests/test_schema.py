@@ -116,3 +116,27 @@ def test_operator_queries_run_unchanged(pg_db: Database) -> None:
     # The job reset by hand is simply picked up again.
     claimed = queue.claim(pg_db, worker, lease_s=30) + queue.claim(pg_db, worker, lease_s=30)
     assert {job.job_type for job in claimed} == {"sync_users", "sync_schedule"}
+
+
+def test_migration_applies_where_the_cluster_has_supabase_roles_but_no_auth_schema(
+    pg_schemas,
+) -> None:
+    """Roles are shared by the whole cluster; the migration must not take a role's presence
+    for a Supabase database. The role is created inside the transaction and rolled back,
+    so the shared server is left as it was, whatever state it was in."""
+    url = pg_schemas.new_url()
+    schema = url.rsplit("%3D", 1)[1]
+    dsn = url.split("?")[0].replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(dsn) as conn:
+        conn.execute(f'SET LOCAL search_path TO "{schema}"')
+        conn.execute(
+            "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'authenticated')"
+            " THEN CREATE ROLE authenticated NOLOGIN; END IF; END $$"
+        )
+        assert conn.execute("SELECT to_regprocedure('auth.uid()')").fetchone() == (None,)
+        conn.execute(MIGRATION.read_text())
+        tables = conn.execute(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = %s", (schema,)
+        ).fetchone()
+        assert tables == (5,)
+        conn.rollback()

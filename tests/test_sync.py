@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import time
 from datetime import UTC, date, datetime
 
 import orjson
@@ -15,6 +14,7 @@ from opsdash.engine import coordinator
 from opsdash.engine.models import BackgroundJob, Company, JobStatus, ScheduleData, UserProfile
 from opsdash.engine.runtime import Engine
 from tests.conftest import count_rows
+from tests.waiting import wait_until
 
 DAYS = 7
 
@@ -187,22 +187,36 @@ def test_sync_run_queues_users_plus_seven_days_per_enabled_company(engine: Engin
     assert coordinator.plan_and_enqueue(engine.db, days_ahead=DAYS).queued == 0
 
 
-def test_clean_shutdown_releases_running_jobs(engine: Engine, demo_upstream) -> None:
-    engine.sync()
-    engine.start(scheduler=False)
-    assert engine.wait_idle(timeout_s=60)
-    demo_upstream.faults.latency_ms = 1500
-    engine.sync()
-    deadline = time.monotonic() + 10
-    while not any(job.status == JobStatus.RUNNING for job in jobs(engine)):
-        assert time.monotonic() < deadline, "no job started"
-        time.sleep(0.05)
-    engine.pool.stop(timeout_s=0.1)  # does not wait for the slow upstream call
-    engine.pool = None
-    states = {job.status for job in jobs(engine)}
-    assert JobStatus.RUNNING not in states
-    released = [job for job in jobs(engine) if job.status == JobStatus.PENDING]
-    assert released and all(job.attempts == 0 and job.locked_by is None for job in released)
+def test_clean_shutdown_releases_running_jobs(settings, demo_upstream) -> None:
+    # The client waits longer than the test lives, and the upstream answers only when the
+    # test stops it: the upstream call cannot end before the stop, whatever the machine's load.
+    engine = Engine(settings.model_copy(update={"upstream_timeout_s": 300.0}))
+    try:
+        engine.sync()
+        engine.start(scheduler=False)
+        assert engine.wait_idle(timeout_s=60)
+        demo_upstream.faults.latency_ms = 600_000
+        engine.sync()
+        wait_until(
+            lambda: any(job.status == JobStatus.RUNNING for job in jobs(engine)),
+            what="a job to be running",
+        )
+        pool = engine.pool
+        assert pool is not None
+        threads = list(pool._threads)
+        pool.stop(timeout_s=0.1)  # does not wait for the hanging upstream call
+        engine.pool = None
+        states = {job.status for job in jobs(engine)}
+        assert JobStatus.RUNNING not in states
+        released = [job for job in jobs(engine) if job.status == JobStatus.PENDING]
+        assert released and all(job.attempts == 0 and job.locked_by is None for job in released)
+        demo_upstream.stop()  # ends the hang; the worker's late outcome is fenced out
+        for thread in threads:
+            thread.join(timeout=60)
+            assert not thread.is_alive(), f"{thread.name} still runs after the upstream stopped"
+        assert {job.status for job in jobs(engine)} == {JobStatus.COMPLETED, JobStatus.PENDING}
+    finally:
+        engine.stop()
 
 
 @pytest.mark.postgres
@@ -220,10 +234,10 @@ def test_sync_survives_the_database_dropping_every_connection(
     try:
         running.sync()
         running.start(scheduler=False)
-        deadline = time.monotonic() + 10
-        while not any(job.status == JobStatus.COMPLETED for job in jobs(running)):
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_until(
+            lambda: any(job.status == JobStatus.COMPLETED for job in jobs(running)),
+            what="a first job to complete",
+        )
         # Only this engine's connections: other test runs may share the server.
         with psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", autocommit=True) as c:
             killed = c.execute(

@@ -117,14 +117,18 @@ create unique index if not exists user_profiles_maidcentral_user_id
 -- the read API, never straight from the tables.
 do $$
 begin
-    if exists (select 1 from pg_roles where rolname = 'authenticated') then
+    -- Roles are cluster-wide but auth.uid() lives in this database: a cluster that has
+    -- the role without Supabase's auth schema (another project, a test) is no Supabase.
+    if exists (select 1 from pg_roles where rolname = 'authenticated')
+       and to_regprocedure('auth.uid()') is not null then
         execute 'alter table companies enable row level security';
         execute 'alter table background_jobs enable row level security';
         execute 'alter table job_stats enable row level security';
         execute 'alter table schedule_data enable row level security';
         execute 'alter table user_profiles enable row level security';
         if not exists (
-            select 1 from pg_policies where tablename = 'user_profiles' and policyname = 'own profile'
+            select 1 from pg_policies where schemaname = current_schema()
+              and tablename = 'user_profiles' and policyname = 'own profile'
         ) then
             execute 'create policy "own profile" on user_profiles for select to authenticated '
                     'using (id = auth.uid())';

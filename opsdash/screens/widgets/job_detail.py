@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from datetime import datetime, tzinfo
 from typing import Any
@@ -96,6 +97,9 @@ def _entry_time(value: object, zone: tzinfo | None) -> str:
 class JobDetailPane(VerticalScroll):
     """Scrollable detail of one job; an empty state when nothing is selected."""
 
+    shown_job_id: uuid.UUID | None = None
+    """The id of the job shown, None for the empty state (tests wait on it)."""
+
     def compose(self) -> ComposeResult:
         yield Static(Text("Select a job to see its detail.", style="dim"), id="job-detail-body")
 
@@ -103,6 +107,7 @@ class JobDetailPane(VerticalScroll):
         self, detail: JobDetail | None, zone: tzinfo | None, theme_variables: Mapping[str, str]
     ) -> None:
         body = self.query_one("#job-detail-body", Static)
+        self.shown_job_id = detail.id if detail is not None else None
         if detail is None:
             body.update(Text("Select a job to see its detail.", style="dim"))
             return

@@ -5,6 +5,12 @@ value changed are updated, stale rows are removed and new ones added, and the
 rows are put in the order given. ``clear()`` is used only when most rows changed.
 The highlighted row stays highlighted even when rows arrive above it, except on
 the first row: a cursor left there follows the newest row, like ``tail -f``.
+
+Every column's width is decided in :meth:`LiveTable.show`, from the label and
+the rows being shown. Left to ``DataTable``, a column without a fixed width is
+measured later, when the app is next idle, so a frame drawn in between shows it
+at its label's width (posting's ``widgets/datatable.py`` remeasures eagerly for
+the same reason).
 """
 
 from __future__ import annotations
@@ -14,8 +20,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from rich.text import Text
+from textual.render import measure
 from textual.widgets import DataTable
-from textual.widgets.data_table import CellDoesNotExist, RowDoesNotExist
+from textual.widgets._data_table import default_cell_formatter
+from textual.widgets.data_table import CellDoesNotExist, ColumnKey, RowDoesNotExist
 
 Cells = tuple[Any, ...]
 
@@ -50,6 +58,7 @@ class Column:
     key: str
     label: str
     width: int | None = None
+    """Cells; None fits the column to its label and the rows shown."""
 
 
 class LiveTable(DataTable[Any]):
@@ -92,7 +101,29 @@ class LiveTable(DataTable[Any]):
                 self.sort(self._columns[0].key, key=lambda lead: position[lead.row_key])
             self._order = order
             self._shown = wanted
+            self._fit_columns(wanted)
             self._restore_cursor(cursor_key)
+
+    @property
+    def settled(self) -> bool:
+        """True once the table has taken in every change (nothing waits for an idle moment)."""
+        return not self._require_update_dimensions and not self._updated_cells
+
+    def _fit_columns(self, wanted: dict[str, Cells]) -> None:
+        """Give each column without a fixed width the width of its widest cell or label, now."""
+        console = self.app.console
+        for index, spec in enumerate(self._columns):
+            if spec.width is not None:
+                continue
+            column = self.columns[ColumnKey(spec.key)]
+            cells = [default_cell_formatter(row[index], wrap=False) for row in wanted.values()]
+            # The same measure DataTable applies when it sizes a column itself.
+            width = max(measure(console, renderable, 1) for renderable in [column.label, *cells])
+            if column.auto_width or column.width != width:
+                column.auto_width = False
+                column.width = column.content_width = width
+                self._require_update_dimensions = True
+                self.refresh()
 
     def _mostly_changed(self, wanted: dict[str, Cells]) -> bool:
         if not self._shown:
@@ -133,3 +164,4 @@ class LiveTable(DataTable[Any]):
         self.clear()
         self._shown = {}
         self._order = []
+        self._fit_columns({})

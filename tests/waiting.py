@@ -1,0 +1,104 @@
+"""Bounded, described waits: the one way tests wait for something to happen.
+
+Every wait names what it waits for and gives up after a bound with that name
+and, when given, a description of what it saw last, so a failure reads as a
+sentence instead of a bare ``assert False``. Waits poll a condition; none
+sleeps a guessed amount and hopes. Modelled on harlequin's test helpers
+(``wait_for_workers`` awaits the app's workers instead of sleeping).
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from textual.app import App
+    from textual.pilot import Pilot
+
+T = TypeVar("T")
+
+POLL_S = 0.05
+
+
+class WaitTimeout(AssertionError):
+    """A described wait ran out of time (an AssertionError, so pytest shows it as a failure)."""
+
+
+def describe(condition: Callable[..., object]) -> str:
+    """A condition's own words: the source line of a lambda, or a function's name."""
+    name = getattr(condition, "__name__", repr(condition))
+    if name != "<lambda>":
+        return name
+    try:
+        line = inspect.getsource(condition).strip()
+    except (OSError, TypeError):
+        return "a condition"
+    start = line.find("lambda")
+    return line[start:].rstrip(",)") if start >= 0 else line
+
+
+def _message(what: str, timeout_s: float, seen: Callable[[], object] | None) -> str:
+    message = f"timed out after {timeout_s:g} s waiting for {what}"
+    if seen is not None:
+        try:
+            message += f"; last seen: {seen()}"
+        except Exception as error:  # the description must never hide the timeout
+            message += f"; (describing the state failed: {error!r})"
+    return message
+
+
+def wait_until(
+    condition: Callable[[], T],
+    *,
+    what: str | None = None,
+    timeout_s: float = 10.0,
+    poll_s: float = POLL_S,
+    seen: Callable[[], object] | None = None,
+) -> T:
+    """Poll ``condition`` until it returns something truthy; return that value.
+
+    Raises :class:`WaitTimeout` naming ``what`` (default: the condition's source)
+    and ``seen()``, the state last observed, once ``timeout_s`` has passed. The
+    condition is checked one last time at the deadline, so a slow poll never
+    loses a late success.
+    """
+    what = what or describe(condition)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise WaitTimeout(_message(what, timeout_s, seen))
+        time.sleep(min(poll_s, remaining))
+
+
+async def settle_until(
+    pilot: Pilot,
+    condition: Callable[[], T],
+    *,
+    what: str | None = None,
+    timeout_s: float = 15.0,
+    seen: Callable[[], object] | None = None,
+) -> T:
+    """``wait_until`` for a running Textual app: the app keeps processing while we poll."""
+    what = what or describe(condition)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise WaitTimeout(_message(what, timeout_s, seen))
+        await pilot.pause(POLL_S)
+
+
+async def wait_for_workers(app: App[object]) -> None:
+    """Wait for every worker the app runs now to finish (harlequin's helper)."""
+    workers = list(app.workers)
+    if workers:
+        await app.workers.wait_for_complete(workers)
