@@ -58,6 +58,11 @@ EXIT_BAD_CONFIGURATION = 2
 # File descriptors kept free beyond the connection cap: the database pool, blob files,
 # the listening socket, logs.
 RESERVED_FDS = 128
+LISTEN_BACKLOG = 2048
+# A worker answers the supervisor's pings only once it has imported everything; on a busy
+# machine that takes longer than uvicorn's 5 s, and the supervisor would kill and respawn
+# it forever.
+WORKER_HEALTHCHECK_S = 60
 
 
 class ManagedEngine(Protocol):
@@ -97,7 +102,7 @@ def serve(
         if worker_count < 1:
             raise ConfigurationError("--workers must be at least 1")
         _check_configuration(settings)
-        listener = _bind(host, port)
+        listener = _bind(host, port, spread=worker_count > 1)
     except ConfigurationError as error:
         log.error("cannot serve: %s", error)
         return EXIT_BAD_CONFIGURATION
@@ -172,17 +177,45 @@ def _check_configuration(settings: Settings) -> None:
         raise ConfigurationError(f"cannot use the blob store: {error}") from None
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def _bind(host: str, port: int, *, spread: bool = False) -> socket.socket:
+    """The listening socket; with ``spread``, a per-worker one (see :class:`PerWorkerSocket`)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    listener = socket.socket(family, socket.SOCK_STREAM)
+    spread = spread and hasattr(socket, "SO_REUSEPORT")
+    listener = (PerWorkerSocket if spread else socket.socket)(family, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if spread:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         listener.bind((host, port))
     except OSError as error:
         listener.close()
         raise ConfigurationError(f"cannot listen on {host}:{port}: {error.strerror}") from None
-    listener.listen(2048)
+    if not spread:  # bound, not listening: the port is held, connections go to the workers
+        listener.listen(LISTEN_BACKLOG)
     listener.set_inheritable(True)
+    return listener
+
+
+class PerWorkerSocket(socket.socket):
+    """A socket that each worker process receives as a listening socket of its own.
+
+    uvicorn's supervisor hands every worker the same listening socket, and whichever
+    worker wakes first takes most connections (uneven p99 between workers). Pickled to a
+    worker, this socket instead becomes a new one bound to the same address with
+    ``SO_REUSEPORT``: the kernel then spreads connections evenly across the workers. The
+    parent's socket stays bound but not listening, so it holds the port and takes none.
+    """
+
+    def __reduce_ex__(self, protocol: object) -> tuple[Any, ...]:
+        return (_listen_per_worker, (self.family, self.getsockname()))
+
+
+def _listen_per_worker(family: socket.AddressFamily, address: tuple[Any, ...]) -> socket.socket:
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    listener.bind(address)
+    listener.listen(LISTEN_BACKLOG)
     return listener
 
 
@@ -311,7 +344,9 @@ class WorkerConfig(GuardedConfig):
 def _serve_with_workers(
     spec: WorkerSpec, listener: socket.socket, workers: int, options: dict[str, Any]
 ) -> int:
-    config = WorkerConfig(spec, workers=workers, **options)
+    config = WorkerConfig(
+        spec, workers=workers, timeout_worker_healthcheck=WORKER_HEALTHCHECK_S, **options
+    )
     supervisor = Multiprocess(config, sockets=[listener])
     supervisor.run()
     failed = any(process.exitcode == STARTUP_FAILURE for process in supervisor.processes)
