@@ -335,6 +335,7 @@ def when_loaded(*stages: Stage) -> Callable[[Pilot], Awaitable[None]]:
                 pilot,
                 lambda screen=screen: not _unrendered(app, screen),
                 what=f"{screen.__name__} to be drawn",
+                timeout_s=60,  # generous: a loaded CI machine is slow, never wrong
                 seen=lambda screen=screen: "; ".join(_unrendered(app, screen)),
             )
         for field in app.screen.query(Input):
