@@ -15,7 +15,8 @@ import socket
 import socketserver
 import sys
 import threading
-from collections import Counter, defaultdict
+import time
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import date
@@ -176,12 +177,20 @@ class _Stats:
             self._by_endpoint: defaultdict[str, Counter[str]] = defaultdict(Counter)
             self._companies: Counter[str] = Counter()
             self._bytes_sent = 0
+            self._last_minute: deque[float] = deque()
+            self._peak_per_minute = 0
 
     def record(self, endpoint: str, outcome: str, company: str | None = None) -> None:
         with self._lock:
             self._by_endpoint[endpoint][outcome] += 1
             if endpoint == _SCHEDULE_ENDPOINT:
                 self._companies[company or "all"] += 1
+            # The most requests seen in any 60 s: what a rate limit is judged by.
+            now = time.monotonic()
+            self._last_minute.append(now)
+            while self._last_minute[0] <= now - 60:
+                self._last_minute.popleft()
+            self._peak_per_minute = max(self._peak_per_minute, len(self._last_minute))
 
     def add_bytes(self, count: int) -> None:
         with self._lock:
@@ -200,6 +209,7 @@ class _Stats:
                 "by_endpoint": by_endpoint,
                 "companies": dict(self._companies),
                 "bytes_sent": self._bytes_sent,
+                "peak_per_minute": self._peak_per_minute,
             }
 
 
