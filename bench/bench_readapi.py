@@ -31,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -68,6 +68,8 @@ class Result:
     non_2xx_3xx: int
     body_bytes: int
     command: str
+    rounds_rps: list[float] = field(default_factory=list)
+    rounds_p99: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -321,7 +323,10 @@ def main() -> int:
         results = []
         for scenario in scenarios:
             runs = [run_wrk(scenario, args) for _ in range(args.rounds)]
-            results.append(median_run(runs))
+            middle = median_run(runs)
+            middle.rounds_rps = [run.requests_per_s for run in runs]
+            middle.rounds_p99 = [run.p99_ms for run in runs]
+            results.append(middle)
             spread = ", ".join(
                 f"{run.requests_per_s:,.0f} req/s p99 {run.p99_ms:.1f} ms" for run in runs
             )
