@@ -11,6 +11,7 @@ import io
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -78,7 +79,19 @@ def synced_engine(console_engine: Engine) -> Engine:
 
 
 def make_app(engine: Engine) -> OpsdashApp:
-    return OpsdashApp(engine, poll_interval_s=0.3)
+    app = OpsdashApp(engine, poll_interval_s=0.3)
+    # A toast disappears after a few seconds; on a busy machine a poll can come later than
+    # that. Every toast is recorded as it is raised, so no wait can miss one.
+    shown: list[str] = []
+    notify = app.notify
+
+    def recorded(message: str, *args: Any, **kwargs: Any) -> None:
+        shown.append(str(message))
+        notify(message, *args, **kwargs)
+
+    app.notify = recorded  # type: ignore[method-assign]
+    app.toasts_shown = shown  # type: ignore[attr-defined]
+    return app
 
 
 def text_of(widget: Widget) -> str:
@@ -113,6 +126,10 @@ def confirm_shown(app: OpsdashApp) -> bool:
 
 
 def toasts(app: OpsdashApp) -> list[str]:
+    """Every toast the app has raised so far (see ``make_app``)."""
+    recorded = getattr(app, "toasts_shown", None)
+    if recorded is not None:
+        return list(recorded)
     return [str(notification.message) for notification in app._notifications]
 
 

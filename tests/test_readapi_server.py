@@ -77,7 +77,7 @@ def serving_process(
             except httpx.TransportError:
                 return False
 
-        wait_until(ready, what="the server to answer /readyz", timeout_s=90, poll_s=0.1)
+        wait_until(ready, what="the server to answer /readyz", timeout_s=240, poll_s=0.1)
         yield process, base_url
     finally:
         if process.poll() is None:
