@@ -15,6 +15,7 @@ from opsdash.config import Settings
 from opsdash.demo.server import DemoUpstream
 from opsdash.engine.db import Database, connect, create_schema
 from opsdash.engine.runtime import Engine
+from tests.pgcluster import pg_cluster  # noqa: F401  (a Postgres cluster of a test's own)
 
 PG_ADMIN_DSN = os.environ.get("OPSDASH_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
