@@ -26,6 +26,7 @@ from opsdash.config import Settings
 from opsdash.demo.server import DemoUpstream
 from opsdash.engine.models import BackgroundJob
 from opsdash.engine.runtime import Engine
+from tests.supabase_auth_server import SupabaseAuthStandIn
 from tests.supabase_storage_server import SupabaseStorageStandIn
 
 BUCKET = "schedule-data"
@@ -53,8 +54,11 @@ def main() -> int:
     logging.getLogger().addHandler(counter)
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
+    # One Supabase project: Auth (the users sync maintains its users) and storage on one URL;
+    # the outage stops the whole project server and restarts it on the same port.
     storage = SupabaseStorageStandIn("bench-jwt-secret-with-at-least-32-bytes!")
-    storage.start()
+    project = SupabaseAuthStandIn("bench-jwt-secret-with-at-least-32-bytes!", storage=storage)
+    project.start()
     upstream = DemoUpstream(companies=args.companies, api_key="bench")
     upstream.faults.latency_ms = args.latency_ms
     upstream.start()
@@ -65,7 +69,7 @@ def main() -> int:
         maidcentral_api_url=upstream.url,
         maidcentral_api_key="bench",
         blob_backend="supabase",
-        supabase_url=storage.url,
+        supabase_url=project.url,
         supabase_service_role_key=storage.service_role_key,
         workers=args.workers,
         poll_interval_s=0.2,
@@ -79,11 +83,11 @@ def main() -> int:
         while len(storage.stored(BUCKET)) < settings.days_ahead:
             time.sleep(0.05)
         done_before = len(storage.stored(BUCKET))
-        storage.stop()
+        project.stop()
         outage_at = time.monotonic()
         print(f"storage stopped after {done_before} objects, {outage_at - started:.1f} s in")
         time.sleep(args.outage_s)
-        storage.start()
+        project.start()
         restarted_at = time.monotonic()
         print(f"storage restarted after {restarted_at - outage_at:.1f} s")
         while engine.storage_gate.state.ok is False:
@@ -101,7 +105,7 @@ def main() -> int:
     finally:
         engine.stop()
         upstream.stop()
-        storage.stop()
+        project.stop()
 
     lines = [r for r in counter.records if r.name.startswith("opsdash")]
     storage_lines = [r for r in lines if "storage" in r.getMessage().lower()]
