@@ -9,6 +9,8 @@ from contextlib import contextmanager
 
 import psycopg
 
+from opsdash.engine.db import connect, create_schema
+
 PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 
 
@@ -18,8 +20,14 @@ def postgres_url() -> Iterator[str]:
     schema = f"opsdash_bench_{secrets.token_hex(4)}"
     with psycopg.connect(PG_DSN, autocommit=True) as conn:
         conn.execute(f'CREATE SCHEMA "{schema}"')
+    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/test?options=-csearch_path%3D{schema}"
     try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/test?options=-csearch_path%3D{schema}"
+        # Migrated up front, as an operator's `opsdash migrate` would: processes on Postgres
+        # refuse an unmigrated schema.
+        database = connect(url)
+        create_schema(database)
+        database.dispose()
+        yield url
     finally:
         with psycopg.connect(PG_DSN, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA "{schema}" CASCADE')

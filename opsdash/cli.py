@@ -18,6 +18,7 @@ from sqlalchemy.exc import OperationalError
 
 from opsdash.config import Settings
 from opsdash.engine.blobs import BlobStoreUnavailable
+from opsdash.engine.db import SchemaOutdated
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
@@ -107,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="lifetime such as 30m or 8h (default 1h, at most 24h)",
     )
 
+    commands.add_parser("migrate", help="bring the database schema up to date")
+
     demo = commands.add_parser("demo-upstream", help="serve the demo MaidCentral API")
     from opsdash.demo import cli as demo_cli
 
@@ -127,7 +130,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             return _console(settings)
         _configure_logging()
-        commands = {"sync": _sync, "worker": _worker, "token": _token, "verify": _verify}
+        commands = {
+            "sync": _sync,
+            "worker": _worker,
+            "token": _token,
+            "verify": _verify,
+            "migrate": _migrate,
+        }
         return commands[args.command](settings, args)
     except ValidationError as error:
         print(f"opsdash: invalid configuration:\n{error}", file=sys.stderr)
@@ -141,6 +150,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BlobStoreUnavailable as error:
         # Unreachable, key refused, bucket missing or public: one line, like --serve.
         print(f"opsdash: cannot use the blob store: {error}", file=sys.stderr)
+        return 2
+    except SchemaOutdated as error:
+        print(f"opsdash: {error}", file=sys.stderr)
         return 2
 
 
@@ -269,13 +281,14 @@ def _verify(settings: Settings, args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from opsdash.engine.db import connect, create_schema
+    from opsdash.engine.db import connect
     from opsdash.engine.runtime import open_blob_store
+    from opsdash.engine.schema import ensure_schema
     from opsdash.engine.verify import queue_repairs, verify
 
-    db = connect(settings.effective_database_url)
+    db = connect(settings.effective_database_url, pooler=settings.db_pooler)
     try:
-        create_schema(db)
+        ensure_schema(db)
         blobs = open_blob_store(settings)
         try:
             if args.company and not _company_exists(db, args.company):
@@ -329,18 +342,36 @@ def _company_exists(db: object, service_company_id: str) -> bool:
 
 def _token(settings: Settings, args: argparse.Namespace) -> int:
     from opsdash.datafolder import secure_existing
-    from opsdash.engine.db import connect, create_schema
+    from opsdash.engine.db import connect
+    from opsdash.engine.schema import ensure_schema
     from opsdash.readapi.tokens import TokenError, mint_token
 
     secure_existing(settings.data_dir)
-    db = connect(settings.effective_database_url)
-    create_schema(db)
+    db = connect(settings.effective_database_url, pooler=settings.db_pooler)
     try:
+        ensure_schema(db)
         print(mint_token(settings, db, args.email, args.ttl))
     except TokenError as error:
         raise CliError(str(error)) from None
     finally:
         db.dispose()
+    return 0
+
+
+def _migrate(settings: Settings, _args: argparse.Namespace) -> int:
+    from opsdash.engine.db import connect
+    from opsdash.engine.schema import schema_status, upgrade
+
+    db = connect(settings.effective_database_url, pooler=settings.db_pooler)
+    try:
+        before, head = schema_status(db)
+        upgrade(db)
+    finally:
+        db.dispose()
+    if before == head:
+        print(f"database schema already at revision {head} ({db.display_url})")
+    else:
+        print(f"database schema migrated: {before or 'unversioned'} -> {head} ({db.display_url})")
     return 0
 
 

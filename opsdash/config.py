@@ -49,6 +49,9 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(default_factory=lambda: Path(platformdirs.user_data_dir("opsdash")))
     database_url: str | None = Field(default=None, validation_alias=_env("DATABASE_URL"))
+    # A transaction-mode pooler between opsdash and Postgres; "auto" reads the URL
+    # (port 6543 or ?pgbouncer=true).
+    db_pooler: Literal["auto", "transaction", "none"] = "auto"
     blob_backend: Literal["auto", "local", "supabase"] = "auto"
     blob_bucket: str = "schedule-data"
     # Every storage call gives up connecting / waiting for an answer after these.

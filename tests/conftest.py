@@ -15,6 +15,7 @@ from opsdash.config import Settings
 from opsdash.demo.server import DemoUpstream
 from opsdash.engine.db import Database, connect, create_schema
 from opsdash.engine.runtime import Engine
+from tests.pgbouncer import PgBouncer, pgbouncer_missing_reason
 from tests.pgcluster import pg_cluster  # noqa: F401  (a Postgres cluster of a test's own)
 
 PG_ADMIN_DSN = os.environ.get("OPSDASH_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -41,11 +42,15 @@ class PostgresSchemas:
     def __init__(self) -> None:
         self.created: list[str] = []
 
-    def new_url(self) -> str:
+    def new_schema(self) -> str:
         schema = f"opsdash_t_{os.getpid()}_{secrets.token_hex(4)}"
         with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
             conn.execute(f'CREATE SCHEMA "{schema}"')
         self.created.append(schema)
+        return schema
+
+    def new_url(self) -> str:
+        schema = self.new_schema()
         base = PG_ADMIN_DSN.replace("postgresql://", "postgresql+psycopg://")
         return f"{base}?options=-csearch_path%3D{schema}"
 
@@ -66,7 +71,31 @@ def pg_schemas() -> Iterator[PostgresSchemas]:
 
 @pytest.fixture
 def pg_url(pg_schemas: PostgresSchemas) -> str:
-    return pg_schemas.new_url()
+    """An isolated schema, migrated (a process on Postgres refuses an unmigrated one)."""
+    return migrated(pg_schemas.new_url())
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(pg_schemas: PostgresSchemas) -> Iterator[PgBouncer]:
+    """A real PgBouncer in transaction mode in front of the local Postgres."""
+    reason = pgbouncer_missing_reason()
+    if reason and os.environ.get("OPSDASH_REQUIRE_POSTGRES") == "1":
+        pytest.fail(reason)  # CI installs it: a missing pooler is a broken run, not a skip
+    if reason:
+        pytest.skip(reason)
+    bouncer = PgBouncer().start()
+    yield bouncer
+    bouncer.stop()
+
+
+@pytest.fixture
+def pooled_pg_url(pg_schemas: PostgresSchemas, pgbouncer: PgBouncer) -> str:
+    """An isolated schema reached through the pooler; the URL says so (?pgbouncer=true)."""
+    schema = pg_schemas.new_schema()
+    # Fewer server connections than a test's clients: transactions of different clients
+    # run on the same server connection, as on a busy pooler.
+    pgbouncer.add_alias(schema, schema, pool_size=2)
+    return pgbouncer.url(schema, query="pgbouncer=true")
 
 
 @pytest.fixture
@@ -76,9 +105,10 @@ def sqlite_url(tmp_path: Path) -> str:
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database (the ``db`` fixture migrates it)."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'opsdash.db'}"
-    return request.getfixturevalue("pg_url")
+    return request.getfixturevalue("pg_schemas").new_url()
 
 
 @pytest.fixture
@@ -146,8 +176,19 @@ def settings(db_url: str, tmp_path: Path, demo_upstream: DemoUpstream) -> Settin
     return engine_settings(db_url, tmp_path / "data", demo_upstream.url)
 
 
+def migrated(url: str) -> str:
+    """Apply the migrations to ``url`` (a production process refuses an old schema)."""
+    database = connect(url)
+    try:
+        create_schema(database)
+    finally:
+        database.dispose()
+    return url
+
+
 @pytest.fixture
 def engine(settings: Settings) -> Iterator[Engine]:
+    migrated(settings.effective_database_url)
     running = Engine(settings)
     yield running
     running.stop()

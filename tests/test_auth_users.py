@@ -364,10 +364,12 @@ def test_twenty_thousand_unchanged_users_make_only_listing_calls(db, directory, 
 
 
 def test_schema_upgrade_adds_and_backfills_the_upstream_id(db: Database) -> None:
-    # A database made before the column existed: profiles keyed by the upstream id.
+    # A database made before the column existed (schema revision 0001): profiles keyed by
+    # the upstream id. Migration 0002 adds the column.
     with db.write() as conn:
         conn.exec_driver_sql("DROP INDEX user_profiles_maidcentral_user_id")
         conn.exec_driver_sql("ALTER TABLE user_profiles DROP COLUMN maidcentral_user_id")
+        conn.exec_driver_sql("UPDATE alembic_version SET version_num = '0001'")
     legacy = uuid.uuid4()
     as_stored = legacy if db.is_postgres else legacy.hex  # SQLite keeps uuids as 32 hex digits
     with db.write() as conn:

@@ -13,7 +13,7 @@ import pytest
 
 from opsdash.demo.server import DemoUpstream
 from opsdash.engine.runtime import Engine
-from tests.conftest import PostgresSchemas, engine_settings
+from tests.conftest import PostgresSchemas, engine_settings, migrated
 from tests.test_console_actions import NARROW, make_app, text_of, toasts, wait_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
@@ -93,7 +93,7 @@ def proxied_engine(
     pg_schemas: PostgresSchemas, tmp_path: Path, demo_upstream: DemoUpstream
 ) -> Iterator[tuple[Engine, TcpProxy]]:
     proxy = TcpProxy(POSTGRES)
-    direct = pg_schemas.new_url()
+    direct = migrated(pg_schemas.new_url())
     url = direct.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
     engine = Engine(engine_settings(url, tmp_path / "data", demo_upstream.url))
     engine.start(scheduler=False)

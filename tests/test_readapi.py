@@ -34,6 +34,7 @@ from opsdash.engine.runtime import Engine
 from opsdash.privacy import schedule_view
 from opsdash.readapi.app import SCHEDULE_PATH, create_app
 from opsdash.readapi.tokens import mint_token
+from tests.conftest import migrated
 from tests.waiting import wait_until
 
 PORTAL = "https://portal.example.com"
@@ -126,7 +127,14 @@ def world(
     if request.param == "sqlite":
         database_url = f"sqlite:///{data_dir / 'opsdash.db'}"
     else:
-        database_url = request.getfixturevalue("pg_schemas").new_url()
+        database_url = migrated(request.getfixturevalue("pg_schemas").new_url())
+    with synced_world(database_url, data_dir) as synced:
+        yield synced
+
+
+@contextmanager
+def synced_world(database_url: str, data_dir: Path) -> Iterator[SyncedWorld]:
+    """Two demo companies synced for two days into ``database_url``."""
     settings = Settings(
         data_dir=data_dir,
         database_url=database_url,

@@ -34,7 +34,7 @@ from opsdash.engine.blobs import (
 )
 from opsdash.engine.models import BackgroundJob, JobStatus, ScheduleData
 from opsdash.engine.runtime import Engine
-from tests.conftest import engine_settings
+from tests.conftest import engine_settings, migrated
 from tests.supabase_auth_server import SupabaseAuthStandIn
 from tests.supabase_storage_server import SupabaseStorageStandIn
 
@@ -575,7 +575,7 @@ def test_engine_sync_stores_every_company_day_in_supabase_storage(
     project = SupabaseAuthStandIn(JWT_SECRET, storage=storage)
     project.start()
     settings = engine_settings(
-        db_url,
+        migrated(db_url),
         tmp_path / "data",
         demo_upstream.url,
         blob_backend="supabase",

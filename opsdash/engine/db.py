@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from sqlalchemy import (
@@ -24,16 +24,15 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
-    inspect,
     select,
     text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import make_url
-from sqlmodel import Session, SQLModel
+from sqlalchemy.engine import URL, make_url
+from sqlmodel import Session
 
 from opsdash.datafolder import private_file
-from opsdash.engine import models  # registers the tables on the metadata
+from opsdash.engine import models  # noqa: F401  (registers the tables on the metadata)
 from opsdash.engine.models import BackgroundJob
 from opsdash.engine.sqltypes import SQLITE_DATETIME_FORMAT
 
@@ -44,9 +43,23 @@ class DatabaseUnavailable(RuntimeError):
     """The database could not be reached; the caller may retry later."""
 
 
+class SchemaOutdated(RuntimeError):
+    """The database's schema is older than this opsdash needs."""
+
+    def __init__(self, current: str | None, head: str) -> None:
+        self.current, self.head = current, head
+        stands = f"at revision {current}" if current else "not versioned (no opsdash schema yet)"
+        super().__init__(
+            f"the database schema is {stands}; this opsdash needs revision {head}. "
+            "Run `opsdash migrate` with the same DATABASE_URL, then start again."
+        )
+
+
 @dataclass(frozen=True)
 class Database:
     engine: Engine
+    # Reached through a transaction-mode pooler: no prepared statements, no session state.
+    pooled: bool = False
 
     @property
     def is_postgres(self) -> bool:
@@ -230,21 +243,53 @@ def _sqlite_time(moment: datetime | None) -> str | None:
     return moment.astimezone(UTC).strftime(SQLITE_DATETIME_FORMAT)
 
 
-def connect(url: str, *, pool_size: int = 10) -> Database:
-    """Open the database at ``url`` (creating an SQLite file's folder if needed)."""
+PoolerMode = Literal["auto", "transaction", "none"]
+# Supabase's transaction-mode pooler listens here (its session mode on 5432).
+TRANSACTION_POOLER_PORT = 6543
+
+
+def connect(url: str, *, pool_size: int = 10, pooler: PoolerMode = "auto") -> Database:
+    """Open the database at ``url`` (creating an SQLite file's folder if needed).
+
+    ``pooler`` says whether a transaction-mode pooler (PgBouncer, Supabase's pooler)
+    stands between us and Postgres; ``auto`` decides from the URL (see
+    ``behind_transaction_pooler``).
+    """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        engine = _sqlite_engine(url, parsed.database)
-    else:
-        engine = create_engine(
-            url,
-            pool_size=pool_size,
-            max_overflow=pool_size,
-            pool_pre_ping=True,
-            connect_args={"connect_timeout": 5},
-        )
+        return Database(_sqlite_engine(url, parsed.database))
+    pooled = behind_transaction_pooler(parsed, pooler)
+    connect_args: dict[str, Any] = {"connect_timeout": 5}
+    if pooled:
+        # A pooler hands each transaction to whichever server connection is free: a
+        # statement prepared on one is missing on (or clashes with) the next, so
+        # psycopg must never prepare statements server-side.
+        connect_args["prepare_threshold"] = None
+    engine = create_engine(
+        parsed.difference_update_query(["pgbouncer"]),
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        connect_args=connect_args,
+    )
+    if not pooled:
+        # Through a pooler a session SET would leak to other clients' transactions
+        # and not stay with ours, so commits keep the server's durability there.
         _relax_commit_durability(engine)
-    return Database(engine)
+    return Database(engine, pooled=pooled)
+
+
+def behind_transaction_pooler(url: URL, pooler: PoolerMode = "auto") -> bool:
+    """Whether ``url`` reaches Postgres through a transaction-mode pooler.
+
+    Said explicitly (``OPSDASH_DB_POOLER=transaction`` or ``none``), or read from the
+    URL: Supabase's pooler port 6543, or ``?pgbouncer=true`` (the flag Prisma and
+    Supabase's docs use for the same purpose).
+    """
+    if pooler != "auto":
+        return pooler == "transaction"
+    flag = str(url.query.get("pgbouncer", "")).lower()
+    return url.port == TRANSACTION_POOLER_PORT or flag in {"true", "1", "yes"}
 
 
 def _relax_commit_durability(engine: Engine) -> None:
@@ -295,52 +340,12 @@ def _sqlite_engine(url: str, database: str | None) -> Engine:
     return engine
 
 
-# Defaults that let operators insert rows by hand in psql, as the Supabase migration does.
-_PG_SERVER_DEFAULTS = """
-ALTER TABLE companies ALTER COLUMN id SET DEFAULT gen_random_uuid();
-ALTER TABLE background_jobs ALTER COLUMN id SET DEFAULT gen_random_uuid();
-ALTER TABLE background_jobs ALTER COLUMN params SET DEFAULT '{}'::jsonb;
-ALTER TABLE background_jobs ALTER COLUMN errors SET DEFAULT '[]'::jsonb;
-ALTER TABLE schedule_data ALTER COLUMN id SET DEFAULT gen_random_uuid();
-"""
-
-
 def create_schema(db: Database) -> None:
-    """Create missing tables and indexes; safe to run on every start."""
-    SQLModel.metadata.create_all(db.engine)
-    _add_maidcentral_user_id(db)
-    if db.is_postgres:
-        with db.write() as conn:
-            # ALTER TABLE locks the table: only when the defaults are not there yet.
-            has_defaults = conn.execute(
-                text(
-                    "SELECT column_default IS NOT NULL FROM information_schema.columns "
-                    "WHERE table_schema = current_schema() AND table_name = 'background_jobs' "
-                    "AND column_name = 'id'"
-                )
-            ).scalar()
-            if not has_defaults:
-                conn.exec_driver_sql(_PG_SERVER_DEFAULTS)
+    """Bring the schema up to date by applying the migrations (``engine.schema.upgrade``)."""
+    from opsdash.engine.schema import upgrade
+
+    upgrade(db)
 
 
 def job_columns() -> list[Any]:
     return list(BackgroundJob.__table__.columns)  # type: ignore[attr-defined]
-
-
-def _add_maidcentral_user_id(db: Database) -> None:
-    """``user_profiles.maidcentral_user_id`` on a database made before the column existed.
-
-    Until then a profile's id *was* the upstream ``UserId``, so the backfill copies it.
-    """
-    with db.write() as conn:
-        columns = {column["name"] for column in inspect(conn).get_columns("user_profiles")}
-        if "maidcentral_user_id" in columns:
-            return
-        column = models.UserProfile.__table__.c.maidcentral_user_id  # type: ignore[attr-defined]
-        kind = column.type.compile(dialect=db.engine.dialect)
-        conn.exec_driver_sql(f"ALTER TABLE user_profiles ADD COLUMN maidcentral_user_id {kind}")
-        conn.exec_driver_sql("UPDATE user_profiles SET maidcentral_user_id = id")
-        conn.exec_driver_sql(
-            "CREATE UNIQUE INDEX IF NOT EXISTS user_profiles_maidcentral_user_id "
-            "ON user_profiles (maidcentral_user_id)"
-        )

@@ -23,9 +23,10 @@ from opsdash.datafolder import secure_existing
 from opsdash.engine import coordinator, queue, retention
 from opsdash.engine.auth_users import AuthAdmin
 from opsdash.engine.blobs import BlobStore, LocalBlobStore, SupabaseBlobStore
-from opsdash.engine.db import Database, connect, create_schema
+from opsdash.engine.db import Database, connect
 from opsdash.engine.handlers import HandlerContext
 from opsdash.engine.models import ACTIVE_STATUSES, BackgroundJob, Company
+from opsdash.engine.schema import ensure_schema
 from opsdash.engine.storage_gate import StorageGate, StorageState
 from opsdash.engine.upstream import MaidCentralClient, RateLimiter
 from opsdash.engine.worker import PoolSettings, WorkerPool
@@ -88,7 +89,7 @@ class Engine:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         secure_existing(settings.data_dir)
-        self.db: Database = connect(settings.effective_database_url)
+        self.db: Database = connect(settings.effective_database_url, pooler=settings.db_pooler)
         try:
             self.blobs: BlobStore = open_blob_store(settings)
         except Exception:
@@ -111,7 +112,7 @@ class Engine:
         self.pool: WorkerPool | None = None
         self.scheduler: BackgroundScheduler | None = None
         self.last_sync_at: datetime | None = None
-        create_schema(self.db)
+        ensure_schema(self.db)
 
     def _open_upstream(self) -> MaidCentralClient:
         settings = self.settings

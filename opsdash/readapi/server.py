@@ -40,7 +40,8 @@ from uvicorn.supervisors.multiprocess import Multiprocess
 from opsdash.config import Settings
 from opsdash.datafolder import secure_existing
 from opsdash.engine.blobs import BlobStore, BlobStoreUnavailable
-from opsdash.engine.db import connect, create_schema
+from opsdash.engine.db import connect
+from opsdash.engine.schema import SchemaOutdated, ensure_schema
 from opsdash.readapi.app import ROUTES, create_app
 from opsdash.readapi.auth import TokenVerifier
 from opsdash.readapi.guards import OpsAccess, resolve_ops_access
@@ -160,11 +161,13 @@ def _check_configuration(settings: Settings) -> None:
     except (OSError, ValueError) as error:
         raise ConfigurationError(f"token verification is not configured: {error}") from None
     try:
-        db = connect(settings.effective_database_url)
+        db = connect(settings.effective_database_url, pooler=settings.db_pooler)
     except (SQLAlchemyError, ValueError) as error:
         raise ConfigurationError(f"bad database URL: {error}") from None
     try:
-        create_schema(db)
+        ensure_schema(db)
+    except SchemaOutdated as error:
+        raise ConfigurationError(str(error)) from None
     except SQLAlchemyError as error:
         raise ConfigurationError(
             f"cannot use the database at {db.display_url}: {_first_line(error)}"
@@ -243,7 +246,7 @@ def build_app(
     settings: Settings, metrics_dir: Path | None = None, ops_access: OpsAccess | None = None
 ) -> FastAPI:
     """The application one serving process runs, owning its database handle."""
-    db = connect(settings.effective_database_url)
+    db = connect(settings.effective_database_url, pooler=settings.db_pooler)
     metrics = RequestMetrics(ROUTES, shared_dir=metrics_dir)
     blobs = open_blob_store(settings)
     app = create_app(

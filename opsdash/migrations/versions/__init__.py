@@ -1,0 +1,1 @@
+"""Numbered revisions, applied in order: ``0001_initial`` first."""
