@@ -27,7 +27,7 @@ from opsdash.demo.server import DemoUpstream
 from opsdash.engine.models import BackgroundJob, ScheduleData, UserProfile
 from opsdash.engine.runtime import Engine
 from opsdash.readapi.app import SCHEDULE_PATH
-from tests.conftest import engine_settings
+from tests.conftest import engine_settings, migrated
 from tests.supabase_auth_server import SupabaseAuthStandIn
 from tests.supabase_storage_server import SupabaseStorageStandIn
 from tests.test_readapi_server import free_port
@@ -127,7 +127,7 @@ def test_users_sync_to_auth_token_to_read_api(
     veteran = technicians[0]
     legacy = project.add_user(veteran["Email"].upper(), app_metadata={"from": "edge functions"})
 
-    settings = supabase_settings(db_url, tmp_path / "data", demo_upstream, project)
+    settings = supabase_settings(migrated(db_url), tmp_path / "data", demo_upstream, project)
     with Engine(settings) as engine:
         engine.sync()
         engine.start(scheduler=False)
