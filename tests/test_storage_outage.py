@@ -19,7 +19,7 @@ from opsdash.config import Settings
 from opsdash.demo.server import DemoUpstream
 from opsdash.engine.models import BackgroundJob, JobStatus, JobType, ScheduleData
 from opsdash.engine.runtime import Engine
-from tests.conftest import engine_settings
+from tests.conftest import engine_settings, migrated
 from tests.supabase_auth_server import SupabaseAuthStandIn
 from tests.supabase_storage_server import SupabaseStorageStandIn
 
@@ -91,6 +91,7 @@ def test_an_object_deleted_behind_the_engines_back_is_restored_by_the_next_sync(
     project: SupabaseAuthStandIn,
     backend: str,
 ) -> None:
+    db_url = migrated(db_url)
     if backend == "supabase":
         settings = supabase_settings(db_url, tmp_path, demo_upstream, project)
     else:
