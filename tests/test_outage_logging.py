@@ -25,7 +25,7 @@ from opsdash.engine.runtime import Engine
 from opsdash.readapi.app import SCHEDULE_PATH, create_app
 from opsdash.readapi.tokens import mint_token
 from opsdash.statelog import StateChangeLog
-from tests.conftest import PostgresSchemas, engine_settings
+from tests.conftest import PostgresSchemas, engine_settings, migrated
 from tests.test_console_outage import POSTGRES, TcpProxy
 from tests.test_readapi import serving
 
@@ -116,7 +116,8 @@ def proxied(
     pg_schemas: PostgresSchemas, tmp_path: Path, demo_upstream: DemoUpstream
 ) -> Iterator[tuple[Engine, TcpProxy]]:
     proxy = TcpProxy(POSTGRES)
-    url = pg_schemas.new_url().replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+    direct = migrated(pg_schemas.new_url())
+    url = direct.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
     engine = Engine(engine_settings(url, tmp_path / "data", demo_upstream.url))
     engine.start(scheduler=False)
     try:
