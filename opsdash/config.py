@@ -10,14 +10,16 @@ data folder, and the demo upstream on a loopback port.
 
 from __future__ import annotations
 
+import json
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import platformdirs
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -106,6 +108,47 @@ class Settings(BaseSettings):
     # behind ops_token when one is set, else off.
     ops_endpoints: Literal["auto", "open", "token", "off"] = "auto"
     ops_token: str | None = Field(default=None, min_length=32)
+
+    freshness_grace_s: float = Field(default=900.0, ge=0)
+    """How long past one sync cadence a company's data may be before it counts as late
+    (a sync run needs time to get round every company)."""
+    freshness_cadence_s: float | None = Field(default=None, gt=0)
+    """The sync cadence freshness is judged against; unset: the longest gap of ``sync_cron``."""
+    ledger_retention_days: int = Field(default=90, ge=1)
+    """How long the run ledger keeps a sync run's figures."""
+
+    alert_webhook_url: str | None = None
+    """Where alerts are POSTed as JSON; unset: no webhook."""
+    alert_webhook_format: Literal["json", "slack"] = "json"
+    """``json``: a generic body (with a ``text`` field too); ``slack``: ``{"text": …}`` only."""
+    alert_email_to: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Recipients of alert e-mails (a JSON list, or one address); needs ``smtp_url``."""
+    alert_email_from: str | None = None
+    """The alert e-mails' sender; unset: ``opsdash@<host name>``."""
+    smtp_url: str | None = None
+    """``smtp://user:pass@host:587`` (STARTTLS when offered) or ``smtps://…`` (TLS)."""
+    alert_reminder_hours: float = Field(default=6.0, gt=0)
+    """An alert still open is sent again at most this often."""
+    alert_summary_threshold: int = Field(default=5, ge=1)
+    """More alerts than this opening (or resolving) at once are sent as one summary."""
+    alert_outage_s: float = Field(default=120.0, ge=0)
+    """The database or storage must be unreachable this long before an alert is sent."""
+    alert_delivery_attempts: int = Field(default=8, ge=1)
+    """Attempts to deliver one alert message to one channel, with backoff between them."""
+    alert_retry_base_s: float = Field(default=5.0, ge=0)
+    """Backoff base between attempts to deliver an alert (exponential, at most 15 minutes)."""
+    alert_interval_s: float = Field(default=30.0, gt=0)
+    """How often alert conditions are evaluated and the outbox is delivered."""
+
+    @field_validator("alert_email_to", mode="before")
+    @classmethod
+    def _one_or_many_addresses(cls, value: object) -> object:
+        # An environment variable holding one plain address is the common case.
+        if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                return json.loads(value)
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     @field_validator("database_url")
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import uuid
@@ -12,7 +13,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import select
 
-from opsdash.engine import queue
+from opsdash.engine import ledger, queue
 from opsdash.engine.db import Database
 from opsdash.engine.models import Company
 from opsdash.engine.sqltypes import utcnow
@@ -25,6 +26,7 @@ class SyncRun:
     planned: int
     queued: int
     took_ms: float
+    run_id: uuid.UUID | None = None
 
 
 def company_zone(name: str | None) -> ZoneInfo:
@@ -86,6 +88,7 @@ def plan_and_enqueue(
     include_users: bool = True,
     expedite: bool = False,
     now: datetime | None = None,
+    trigger: str = "scheduled",
 ) -> SyncRun:
     """Queue one sync run: the users job plus a schedule job per enabled company-day.
 
@@ -112,9 +115,29 @@ def plan_and_enqueue(
         )
     if include_users:
         jobs.insert(0, queue.users_job(max_attempts=max_attempts))
+    # The run's id travels in each job's params, so the ledger can sum them up later.
+    run_id = uuid.uuid4()
+    jobs = [dataclasses.replace(job, params={**job.params, "run": str(run_id)}) for job in jobs]
     queued = queue.enqueue(db, jobs, now=now)
     if expedite and queued < len(jobs):
         queue.expedite(db, [job.dedup_key for job in jobs], now=now)
+    ledger.record_run(
+        db,
+        run_id,
+        trigger=trigger,
+        scope=_scope([c.service_company_id for c in companies] if company_id else None, day),
+        planned=len(jobs),
+        queued=queued,
+        queued_at=now,
+    )
     took_ms = (time.perf_counter() - started) * 1000
     log.info("sync run planned: %d jobs, %d queued in %.0f ms", len(jobs), queued, took_ms)
-    return SyncRun(planned=len(jobs), queued=queued, took_ms=took_ms)
+    return SyncRun(planned=len(jobs), queued=queued, took_ms=took_ms, run_id=run_id)
+
+
+def _scope(service_ids: list[str] | None, day: date | None) -> str:
+    """How the console's history names a run: "all companies", "company 1005, 2026-12-01"."""
+    parts = ["all companies" if service_ids is None else f"company {', '.join(service_ids)}"]
+    if day is not None:
+        parts.append(day.isoformat())
+    return ", ".join(parts)

@@ -155,6 +155,13 @@ class Database:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    def lock_named(self, conn: Connection, name: str) -> None:
+        """Wait for a transaction-scoped lock named ``name``, so one process at a time
+        runs the work it guards. Postgres: an advisory lock released at commit or
+        rollback. SQLite: the immediate write transaction already serialises writers."""
+        if self.is_postgres:
+            conn.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(name, 0))))
+
     def insert(self, table: Any) -> Insert:
         """The dialect's INSERT, which knows ON CONFLICT."""
         dialect_insert = postgresql.insert if self.is_postgres else sqlite.insert

@@ -157,6 +157,102 @@ class ScheduleData(SQLModel, table=True):
     updated_at: datetime | None = Field(
         default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=True)
     )
+    # When a sync last confirmed this day (content changed or not); updated_at is
+    # when the content last changed. Freshness reads the newer of the two.
+    synced_at: datetime | None = _ts()
+
+
+class SyncRunRecord(SQLModel, table=True):
+    """The run ledger: one row per sync run, kept long after its jobs are pruned."""
+
+    __tablename__ = "sync_runs"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    trigger: str = "scheduled"
+    """'scheduled' (the coordinator's cron) or 'operator' (console, CLI)."""
+    scope: str = "all"
+    queued_at: datetime | None = Field(
+        default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False, index=True)
+    )
+    finished_at: datetime | None = _ts()
+    planned: int = 0
+    queued: int = 0
+    companies: int = 0
+    days_done: int = 0
+    days_failed: int = 0
+    days_unchanged: int = 0
+    upstream_calls: int = 0
+    bytes_written: int = 0
+
+
+class Alert(SQLModel, table=True):
+    """One episode of an alert condition: opened once, notified, resolved once."""
+
+    __tablename__ = "alerts"
+    __table_args__ = (
+        # One open episode per condition: whoever inserts it first sends the alert.
+        Index(
+            "alerts_open_key",
+            "key",
+            unique=True,
+            sqlite_where=text("resolved_at IS NULL"),
+            postgresql_where=text("resolved_at IS NULL"),
+        ),
+        Index("alerts_opened", "opened_at"),
+    )
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    key: str
+    kind: str
+    company_id: uuid.UUID | None = Field(
+        default=None, foreign_key="companies.id", ondelete="CASCADE"
+    )
+    subject: str
+    detail: dict[str, Any] = _json()
+    opened_at: datetime | None = Field(
+        default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False)
+    )
+    resolved_at: datetime | None = _ts()
+    last_notified_at: datetime | None = _ts()
+    notifications: int = 0
+
+
+class AlertDelivery(SQLModel, table=True):
+    """The outbox: one message for one channel, retried with backoff until sent."""
+
+    __tablename__ = "alert_deliveries"
+    __table_args__ = (
+        Index(
+            "alert_deliveries_due",
+            "next_attempt_at",
+            sqlite_where=text("status = 'pending'"),
+            postgresql_where=text("status = 'pending'"),
+        ),
+        Index("alert_deliveries_created", "created_at"),
+    )
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    alert_id: uuid.UUID | None = Field(default=None, foreign_key="alerts.id", ondelete="CASCADE")
+    event: str
+    """'opened', 'escalated', 'reminder', 'resolved', 'summary' or 'test'."""
+    channel: str
+    """'webhook' or 'email'."""
+    subject: str
+    body: str
+    payload: dict[str, Any] = _json()
+    status: str = "pending"
+    attempts: int = 0
+    max_attempts: int = 8
+    next_attempt_at: datetime | None = Field(
+        default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False)
+    )
+    created_at: datetime | None = Field(
+        default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False)
+    )
+    sent_at: datetime | None = _ts()
+    error: str | None = None
+    locked_by: str | None = None
+    lease_expires_at: datetime | None = _ts()
 
 
 class UserProfile(SQLModel, table=True):
@@ -186,6 +282,8 @@ class UserProfile(SQLModel, table=True):
 __all__ = [
     "ACTIVE_STATUSES",
     "FINISHED_STATUSES",
+    "Alert",
+    "AlertDelivery",
     "BackgroundJob",
     "Company",
     "JobStat",
@@ -193,6 +291,7 @@ __all__ = [
     "JobType",
     "Role",
     "ScheduleData",
+    "SyncRunRecord",
     "UserProfile",
     "date",
 ]
