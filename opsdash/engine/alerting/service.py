@@ -173,6 +173,7 @@ class AlertService:
 
     def deliver(self, now: datetime | None = None) -> tuple[int, int]:
         """Send what is due in the outbox; returns (sent, failed attempts)."""
+        now = now or self.clock()
         sent = failed = 0
         for delivery in outbox.claim(self.db, self.worker, now=now):
             channel = self.channels.get(delivery.channel)
@@ -188,6 +189,7 @@ class AlertService:
                     self.worker,
                     str(error),
                     retry_base_s=self.settings.alert_retry_base_s,
+                    now=now,
                 )
                 log.warning(
                     "alert to %s not delivered (attempt %d of %d): %s",
@@ -198,7 +200,7 @@ class AlertService:
                 )
             else:
                 sent += 1
-                outbox.mark_sent(self.db, delivery, self.worker)
+                outbox.mark_sent(self.db, delivery, self.worker, now=now)
                 log.info("alert sent to %s: %s", delivery.channel, delivery.subject)
         return sent, failed
 
