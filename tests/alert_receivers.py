@@ -39,7 +39,7 @@ class WebhookReceiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
                 body = json.loads(self.rfile.read(length))
                 with receiver.received:
@@ -75,7 +75,7 @@ class _Inbox:
         self.messages: list[Message] = []
         self.received = threading.Condition()
 
-    async def handle_DATA(self, _server: Any, _session: Session, envelope: Envelope) -> str:  # noqa: N802
+    async def handle_DATA(self, _server: Any, _session: Session, envelope: Envelope) -> str:
         with self.received:
             self.messages.append(message_from_bytes(envelope.content))  # type: ignore[arg-type]
             self.received.notify_all()
