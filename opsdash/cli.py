@@ -109,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     commands.add_parser("migrate", help="bring the database schema up to date")
+    alerts = commands.add_parser("alerts", help="alert channels (`alerts test`)")
+    from opsdash import cli_alerts
+
+    cli_alerts.add_arguments(alerts)
 
     demo = commands.add_parser("demo-upstream", help="serve the demo MaidCentral API")
     from opsdash.demo import cli as demo_cli
@@ -130,6 +134,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             return _console(settings)
         _configure_logging()
+        if args.command == "alerts":
+            from opsdash import cli_alerts
+
+            return cli_alerts.run(settings, args)
         commands = {
             "sync": _sync,
             "worker": _worker,

@@ -420,3 +420,51 @@ def test_two_processes_send_each_alert_exactly_once(
         assert process.wait(timeout=120) == 0
     subjects = [subject for _, names in events(webhook.bodies) for subject in names]
     assert sorted(subjects) == sorted(f"Company {n} ({3000 + n}) is failing" for n in range(12))
+
+
+def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "opsdash", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def _cli_env(tmp_path: Path, **values: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPSDASH_", "DATABASE_"))}
+    return {**env, "OPSDASH_DATA_DIR": str(tmp_path / "data"), **values}
+
+
+def test_alerts_test_reaches_every_channel(
+    tmp_path: Path, webhook: WebhookReceiver, smtp: SmtpReceiver
+) -> None:
+    env = _cli_env(
+        tmp_path,
+        OPSDASH_ALERT_WEBHOOK_URL=webhook.url,
+        OPSDASH_ALERT_EMAIL_TO="ops@example.com",
+        OPSDASH_SMTP_URL=smtp.url,
+    )
+    result = _cli("alerts", "test", env=env)
+    assert result.returncode == 0, result.stderr
+    assert f"✓ webhook http://127.0.0.1:{webhook.port}" in result.stdout
+    assert "secret-path" not in result.stdout  # a webhook's path is its secret
+    assert f"✓ e-mail to ops@example.com via 127.0.0.1:{smtp.port}" in result.stdout
+    assert webhook.bodies[0]["event"] == "test"
+    assert smtp.wait_for(1)[0]["Subject"] == "[opsdash] TEST: alerts reach this channel"
+
+
+def test_alerts_test_fails_when_a_channel_fails_or_none_is_configured(
+    tmp_path: Path, webhook: WebhookReceiver
+) -> None:
+    webhook.stop()
+    failing = _cli("alerts", "test", env=_cli_env(tmp_path, OPSDASH_ALERT_WEBHOOK_URL=webhook.url))
+    assert failing.returncode == 1
+    assert "✗ webhook" in failing.stdout and "ConnectError" in failing.stdout
+    none = _cli("alerts", "test", env=_cli_env(tmp_path))
+    assert none.returncode == 2
+    assert "no alert channel configured" in none.stdout
+    half = _cli("alerts", "test", env=_cli_env(tmp_path, OPSDASH_ALERT_EMAIL_TO="a@example.com"))
+    assert half.returncode == 2
+    assert "OPSDASH_SMTP_URL is not" in half.stdout

@@ -58,6 +58,19 @@ def configured_channels(settings: Settings) -> list[Channel]:
     return channels
 
 
+def send_test(channels: Sequence[Channel], *, now: datetime) -> dict[str, str | None]:
+    """Send a test message to every channel now; channel → None, or why it failed."""
+    results: dict[str, str | None] = {}
+    message = messages.test_message(now=now)
+    for channel in channels:
+        try:
+            channel.send(message)
+            results[channel.describe()] = None
+        except DeliveryError as error:
+            results[channel.describe()] = str(error)
+    return results
+
+
 @dataclass(frozen=True)
 class StorageHealth:
     """What the engine knows of its blob store right now."""
@@ -203,18 +216,6 @@ class AlertService:
                 outbox.mark_sent(self.db, delivery, self.worker, now=now)
                 log.info("alert sent to %s: %s", delivery.channel, delivery.subject)
         return sent, failed
-
-    def send_test(self) -> dict[str, str | None]:
-        """Send a test message to every channel now; channel → None or the error."""
-        results: dict[str, str | None] = {}
-        message = messages.test_message(now=self.clock())
-        for channel in self.channels.values():
-            try:
-                channel.send(message)
-                results[channel.describe()] = None
-            except DeliveryError as error:
-                results[channel.describe()] = str(error)
-        return results
 
     # --- the database's own outage, announced by each process that sees it ----------
 
