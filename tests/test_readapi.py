@@ -24,6 +24,7 @@ import schemathesis
 import uvicorn
 from fastapi import FastAPI
 from hypothesis import HealthCheck, settings
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
 from opsdash.config import Settings
@@ -599,6 +600,29 @@ def test_metrics_count_requests_and_jobs(api: LiveApi) -> None:
     assert completed and int(completed[0].rsplit(" ", 1)[1]) >= 4
     assert "opsdash_database_up 1" in text
     assert "opsdash_retention_removed_days_total " in text
+
+
+def test_metrics_export_each_company_freshness(api: LiveApi) -> None:
+    """Parsed with prometheus_client's own parser, as a scraper reads them."""
+    families = {
+        family.name: family
+        for family in text_string_to_metric_families(api.client.get("/metrics").text)
+    }
+    world = api.world
+    synced = {world.company_a.service_company_id, world.company_b.service_company_id}
+
+    def by_company(name: str) -> dict[str, float]:
+        return {sample.labels["company"]: sample.value for sample in families[name].samples}
+
+    ages = by_company("opsdash_company_data_age_seconds")
+    states = by_company("opsdash_company_freshness_state")
+    successes = by_company("opsdash_company_last_success_timestamp_seconds")
+    assert synced <= ages.keys() == states.keys()
+    for company in synced:
+        assert 0 <= ages[company] < 3600
+        assert states[company] == 0  # on time
+        assert abs(successes[company] - time.time()) < 3600
+    assert families["opsdash_company_freshness_state"].type == "gauge"
 
 
 def test_cors_for_the_portal_origin_only(api: LiveApi) -> None:

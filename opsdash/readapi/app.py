@@ -22,8 +22,10 @@ from starlette.responses import Response
 
 import opsdash
 from opsdash.config import Settings
+from opsdash.engine import freshness
 from opsdash.engine.blobs import BlobStore
 from opsdash.engine.db import Database
+from opsdash.engine.sqltypes import utcnow
 from opsdash.readapi.auth import TokenRejected, TokenVerifier
 from opsdash.readapi.cache import CachePolicy
 from opsdash.readapi.conditional import (
@@ -43,6 +45,7 @@ from opsdash.readapi.metrics import (
     RequestMetrics,
     exposition,
     job_counts,
+    render_freshness,
     render_job_counts,
     render_retention,
 )
@@ -163,10 +166,28 @@ async def readyz(state: State) -> Response:
 async def metrics(state: State) -> Response:
     try:
         counts = await run_in_threadpool(job_counts, state.db)
+        companies = await run_in_threadpool(_freshness, state)
     except SQLAlchemyError:
-        counts = None
-    body = exposition([state.metrics.render(), render_job_counts(counts), render_retention()])
+        counts = companies = None
+    body = exposition(
+        [
+            state.metrics.render(),
+            render_job_counts(counts),
+            render_retention(),
+            render_freshness(companies),
+        ]
+    )
     return Response(body, media_type=METRICS_CONTENT_TYPE)
+
+
+def _freshness(state: ReadApiState) -> list[freshness.CompanyFreshness]:
+    now = utcnow()
+    return freshness.company_freshness(
+        state.db,
+        now=now,
+        policy=freshness.policy(state.settings, now=now),
+        days_ahead=state.settings.days_ahead,
+    )
 
 
 # --- the application -------------------------------------------------------------------

@@ -21,6 +21,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from opsdash.engine.db import Database
+from opsdash.engine.freshness import CompanyFreshness, Freshness
 from opsdash.engine.models import BackgroundJob, JobStatus, JobType
 from opsdash.engine.retention import STATS, RetentionStats
 
@@ -183,6 +184,42 @@ def render_retention(stats: RetentionStats = STATS) -> list[str]:
         metric = f"opsdash_retention_{name}_total"
         lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} counter", f"{metric} {value}"]
     return lines
+
+
+def render_freshness(rows: Sequence[CompanyFreshness] | None) -> list[str]:
+    """Per company (label ``company``, the service company id): data age, state, last success."""
+    if rows is None:
+        return []
+    states = ", ".join(
+        f"{state.gauge} {state.value}" for state in sorted(Freshness, key=lambda s: s.gauge)
+    )
+    age = [
+        "# HELP opsdash_company_data_age_seconds "
+        "Age of the stalest day in the company's sync window.",
+        "# TYPE opsdash_company_data_age_seconds gauge",
+    ]
+    state = [
+        f"# HELP opsdash_company_freshness_state The company's freshness: {states}.",
+        "# TYPE opsdash_company_freshness_state gauge",
+    ]
+    success = [
+        "# HELP opsdash_company_last_success_timestamp_seconds When a sync last confirmed "
+        "any day of the company's window (Unix time).",
+        "# TYPE opsdash_company_last_success_timestamp_seconds gauge",
+    ]
+    for row in rows:
+        label = f'{{company="{_escape(row.service_company_id)}"}}'
+        if row.oldest_age is not None:
+            age.append(
+                f"opsdash_company_data_age_seconds{label} {row.oldest_age.total_seconds():.0f}"
+            )
+        state.append(f"opsdash_company_freshness_state{label} {row.state.gauge}")
+        if row.last_success_at is not None:
+            success.append(
+                f"opsdash_company_last_success_timestamp_seconds{label} "
+                f"{row.last_success_at.timestamp():.3f}"
+            )
+    return age + state + success
 
 
 def exposition(sections: Iterable[list[str]]) -> str:
