@@ -4,7 +4,9 @@ that the engine filled by syncing the demo upstream, on SQLite and on Postgres."
 from __future__ import annotations
 
 import base64
+import json
 import logging
+import re
 import socket
 import threading
 import time
@@ -732,3 +734,19 @@ def test_every_answer_matches_the_served_openapi(
     if positive and case.query and "date" in case.query:
         case.query["date"] = str(world.days[0])
         case.call_and_validate(headers=headers)
+
+
+def test_the_grafana_dashboard_reads_only_metrics_the_api_exports(api: LiveApi) -> None:
+    exported = {
+        family.name for family in text_string_to_metric_families(api.client.get("/metrics").text)
+    }
+    dashboard = json.loads(
+        (Path(__file__).parents[1] / "deploy/grafana/opsdash-freshness.json").read_text()
+    )
+    queried = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\bopsdash_[a-z_]+", target["expr"])
+    }
+    assert queried and queried <= exported, queried - exported
