@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import sys
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import UTC, date, datetime, tzinfo
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import ClassVar
 
@@ -28,7 +28,8 @@ from textual.timer import Timer
 from textual.worker import Worker, WorkerState
 
 from opsdash.config import Settings
-from opsdash.engine import companies, queries
+from opsdash.engine import companies, freshness, queries
+from opsdash.engine.freshness import Freshness
 from opsdash.engine.runtime import Engine
 from opsdash.screens.commands import OpsdashCommands
 from opsdash.screens.companies import CompaniesScreen
@@ -52,6 +53,7 @@ STYLES = Path(__file__).parent / "styles"
 LOG_LINES_KEPT = 500
 STATUS_GROUP = "status"
 ACTION_GROUP = "action"
+FRESHNESS_EVERY = timedelta(seconds=15)
 
 Clock = Callable[[], datetime]
 
@@ -112,6 +114,7 @@ class OpsdashApp(App[None]):
         self._down_since: datetime | None = None
         self._preview_request: tuple[uuid.UUID, date | None] | None = None
         self._status_started: datetime | None = None
+        self._freshness: tuple[datetime | None, Counter[Freshness] | None] = (None, None)
 
     def now(self) -> datetime:
         return self._clock()
@@ -194,8 +197,18 @@ class OpsdashApp(App[None]):
             checked_at=now,
             sync_times=times,
             database_ms=elapsed_ms,
+            freshness=self._freshness_summary(now),
         )
         self.post_message(StatusLoaded(status))
+
+    def _freshness_summary(self, now: datetime) -> Counter[Freshness] | None:
+        """Companies by freshness, read again at most every FRESHNESS_EVERY (it costs more
+        than the rest of the status, and changes slowly)."""
+        read_at, counts = self._freshness
+        if counts is None or read_at is None or now - read_at >= FRESHNESS_EVERY:
+            counts = freshness.summary(self.engine.freshness(now=now))
+            self._freshness = (now, counts)
+        return counts
 
     def on_status_loaded(self, message: StatusLoaded) -> None:
         self._status_started = None

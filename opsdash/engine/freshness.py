@@ -209,20 +209,36 @@ def company_freshness(
     return result
 
 
+def configured(
+    db: Database, settings: Settings, *, now: datetime, company_id: uuid.UUID | None = None
+) -> list[CompanyFreshness]:
+    """``company_freshness`` with the thresholds and window the settings give."""
+    return company_freshness(
+        db,
+        now=now,
+        policy=policy(settings, now=now),
+        days_ahead=settings.days_ahead,
+        company_id=company_id,
+    )
+
+
 def summary(rows: Iterable[CompanyFreshness]) -> Counter[Freshness]:
     return Counter(row.state for row in rows)
 
 
+# The healthy count first, then what needs a look, as people read a summary.
+SUMMARY_ORDER = (
+    Freshness.ON_TIME,
+    Freshness.LATE,
+    Freshness.FAILING,
+    Freshness.FROZEN,
+    Freshness.PAUSED,
+)
+
+
 def summary_line(counts: Counter[Freshness]) -> str:
-    """ "41 on time · 2 late · 1 failing": the states present, worst last as people read it."""
-    order = (
-        Freshness.ON_TIME,
-        Freshness.LATE,
-        Freshness.FAILING,
-        Freshness.FROZEN,
-        Freshness.PAUSED,
-    )
-    parts = [f"{counts[state]} {state.value}" for state in order if counts[state]]
+    """ "41 on time · 2 late · 1 failing": the states present."""
+    parts = [f"{counts[state]} {state.value}" for state in SUMMARY_ORDER if counts[state]]
     return " · ".join(parts) if parts else "no companies"
 
 

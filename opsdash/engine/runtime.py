@@ -20,14 +20,16 @@ from sqlalchemy import func, select
 
 from opsdash.config import Mode, Settings
 from opsdash.datafolder import secure_existing
-from opsdash.engine import coordinator, ledger, queue, retention
+from opsdash.engine import coordinator, freshness, ledger, queue, retention
 from opsdash.engine.alerting.service import AlertService, StorageHealth
 from opsdash.engine.auth_users import AuthAdmin
 from opsdash.engine.blobs import BlobStore, LocalBlobStore, SupabaseBlobStore
 from opsdash.engine.db import Database, connect
+from opsdash.engine.freshness import CompanyFreshness
 from opsdash.engine.handlers import HandlerContext
 from opsdash.engine.models import ACTIVE_STATUSES, BackgroundJob, Company
 from opsdash.engine.schema import ensure_schema
+from opsdash.engine.sqltypes import utcnow
 from opsdash.engine.storage_gate import StorageGate, StorageState
 from opsdash.engine.upstream import MaidCentralClient, RateLimiter
 from opsdash.engine.worker import PoolSettings, WorkerPool
@@ -329,6 +331,14 @@ class Engine:
     def resume(self) -> None:
         if self.pool is not None:
             self.pool.resume()
+
+    def freshness(
+        self, *, now: datetime | None = None, company_id: uuid.UUID | None = None
+    ) -> list[CompanyFreshness]:
+        """Every company's freshness (or one company's), by the configured thresholds."""
+        return freshness.configured(
+            self.db, self.settings, now=now or utcnow(), company_id=company_id
+        )
 
     def company_by_service_id(self, service_company_id: str) -> Company | None:
         with self.db.session() as session:

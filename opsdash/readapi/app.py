@@ -181,13 +181,7 @@ async def metrics(state: State) -> Response:
 
 
 def _freshness(state: ReadApiState) -> list[freshness.CompanyFreshness]:
-    now = utcnow()
-    return freshness.company_freshness(
-        state.db,
-        now=now,
-        policy=freshness.policy(state.settings, now=now),
-        days_ahead=state.settings.days_ahead,
-    )
+    return freshness.configured(state.db, state.settings, now=utcnow())
 
 
 # --- the application -------------------------------------------------------------------

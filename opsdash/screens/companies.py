@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
@@ -14,11 +15,19 @@ from textual.message import Message
 from textual.widgets import DataTable, Footer, Static
 
 from opsdash.engine import queries
+from opsdash.engine.freshness import CompanyFreshness, Freshness
 from opsdash.engine.queries import CompanyStorage
 from opsdash.screens.base import LiveScreen
 from opsdash.screens.company_detail import CompanyDetailScreen
 from opsdash.screens.messages import CompaniesLoaded, CompaniesSnapshot
-from opsdash.screens.widgets.formatting import NOTHING, age, safe_text, size_kb, status_color
+from opsdash.screens.widgets.formatting import (
+    NOTHING,
+    age,
+    freshness_text,
+    safe_text,
+    size_kb,
+    status_color,
+)
 from opsdash.screens.widgets.live_table import Column, LiveTable
 from opsdash.screens.widgets.status_bar import StatusBar
 
@@ -26,6 +35,7 @@ COMPANY_COLUMNS = (
     Column("name", "company", 20),
     Column("service_id", "id", 6),
     Column("sync", "sync", 6),
+    Column("freshness", "freshness", 9),
     Column("days", "days", 4),
     Column("size", "size", 8),
     Column("last_sync", "synced", 6),
@@ -33,15 +43,25 @@ COMPANY_COLUMNS = (
     Column("timezone", "time zone"),
 )
 
-SORT_KEYS: Mapping[str, Callable[[CompanyStorage], Any]] = {
-    "name": lambda row: (row.name.lower(), row.service_company_id),
-    "service_id": lambda row: row.service_company_id,
-    "sync": lambda row: (not row.sync_enabled, row.name.lower()),
-    "days": lambda row: row.days_stored,
-    "size": lambda row: row.total_kb,
-    "last_sync": lambda row: row.last_synced_at.timestamp() if row.last_synced_at else 0.0,
-    "latest": lambda row: (-row.latest_jobs.get("failed", 0), row.name.lower()),
-    "timezone": lambda row: (row.timezone, row.name.lower()),
+SortKey = Callable[[CompanyStorage, Mapping[uuid.UUID, CompanyFreshness]], Any]
+
+
+def _by_freshness(row: CompanyStorage, freshness: Mapping[uuid.UUID, CompanyFreshness]) -> Any:
+    known = freshness.get(row.id)
+    # Worst first; a company whose freshness is unknown sorts last.
+    return (known.state.severity if known else len(Freshness), row.name.lower())
+
+
+SORT_KEYS: Mapping[str, SortKey] = {
+    "name": lambda row, _: (row.name.lower(), row.service_company_id),
+    "service_id": lambda row, _: row.service_company_id,
+    "sync": lambda row, _: (not row.sync_enabled, row.name.lower()),
+    "freshness": _by_freshness,
+    "days": lambda row, _: row.days_stored,
+    "size": lambda row, _: row.total_kb,
+    "last_sync": lambda row, _: row.last_synced_at.timestamp() if row.last_synced_at else 0.0,
+    "latest": lambda row, _: (-row.latest_jobs.get("failed", 0), row.name.lower()),
+    "timezone": lambda row, _: (row.timezone, row.name.lower()),
 }
 LATEST_ORDER = ("failed", "running", "pending", "completed", "cancelled")
 
@@ -61,7 +81,10 @@ def latest_jobs_text(latest: Mapping[str, int], theme_variables: Mapping[str, st
 
 
 def company_cells(
-    row: CompanyStorage, now: datetime, theme_variables: Mapping[str, str]
+    row: CompanyStorage,
+    now: datetime,
+    theme_variables: Mapping[str, str],
+    freshness: CompanyFreshness | None = None,
 ) -> tuple[Any, ...]:
     if row.sync_enabled:
         sync = Text("on", style="bold")
@@ -74,6 +97,7 @@ def company_cells(
         safe_text(row.name, no_wrap=True, overflow="ellipsis"),
         safe_text(row.service_company_id),
         sync,
+        freshness_text(freshness.state if freshness else None, theme_variables),
         str(row.days_stored),
         size_kb(row.total_kb),
         age(row.last_synced_at, now) if row.last_synced_at else NOTHING,
@@ -94,7 +118,8 @@ class CompaniesScreen(LiveScreen):
 
     def __init__(self) -> None:
         super().__init__()
-        self.sort_column = "name"
+        # Worst first: a company that needs a look is at the top.
+        self.sort_column = "freshness"
         self.sort_reverse = False
         self._rows: dict[str, CompanyStorage] = {}
         self._snapshot: CompaniesSnapshot | None = None
@@ -114,7 +139,12 @@ class CompaniesScreen(LiveScreen):
     def fetch(self) -> Message:
         db, now = self.console.engine.db, self.console.now()
         rows = queries.company_storage(db, now=now)
-        return CompaniesLoaded(CompaniesSnapshot(rows, queries.storage_totals(rows), now))
+        fresh = self.console.engine.freshness(now=now)
+        return CompaniesLoaded(
+            CompaniesSnapshot(
+                rows, queries.storage_totals(rows), now, {row.id: row for row in fresh}
+            )
+        )
 
     def on_companies_loaded(self, message: CompaniesLoaded) -> None:
         self._snapshot = message.snapshot
@@ -125,11 +155,17 @@ class CompaniesScreen(LiveScreen):
         if snapshot is None:
             return
         variables = self.app.theme_variables
-        ordered = sorted(snapshot.rows, key=SORT_KEYS[self.sort_column], reverse=self.sort_reverse)
+        sort_key, freshness = SORT_KEYS[self.sort_column], snapshot.freshness
+        ordered = sorted(
+            snapshot.rows, key=lambda row: sort_key(row, freshness), reverse=self.sort_reverse
+        )
         self._rows = {str(row.id): row for row in ordered}
         table = self.query_one("#companies-table", LiveTable)
         table.show(
-            [(key, company_cells(row, snapshot.now, variables)) for key, row in self._rows.items()]
+            [
+                (key, company_cells(row, snapshot.now, variables, freshness.get(row.id)))
+                for key, row in self._rows.items()
+            ]
         )
         arrow = "▼" if self.sort_reverse else "▲"
         label = next(c.label for c in COMPANY_COLUMNS if c.key == self.sort_column)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from datetime import date, datetime, tzinfo
 from typing import Any
 
@@ -15,12 +16,22 @@ from textual.message import Message
 from textual.widgets import DataTable, Footer, Static
 
 from opsdash.engine import queries
+from opsdash.engine.freshness import CompanyFreshness, DayFreshness
+from opsdash.engine.models import JobStatus
 from opsdash.engine.queries import CompanyStorage, CompanyToggles, StoredDay
 from opsdash.privacy import PRIVACY_TOGGLES, toggle_reading
 from opsdash.screens.base import LiveScreen
 from opsdash.screens.messages import CompanyLoaded, CompanySnapshot
 from opsdash.screens.toggles import toggle_label
-from opsdash.screens.widgets.formatting import NOTHING, age, safe_text, size_kb, timestamp
+from opsdash.screens.widgets.formatting import (
+    NOTHING,
+    age,
+    age_of,
+    freshness_text,
+    safe_text,
+    size_kb,
+    timestamp,
+)
 from opsdash.screens.widgets.live_table import Column, LiveTable
 from opsdash.screens.widgets.status_bar import StatusBar
 
@@ -31,21 +42,36 @@ DAY_COLUMNS = (
     Column("employees", "staff", 5),
     Column("teams", "teams", 5),
     Column("checksum", "checksum", 12),
-    Column("status", "status", 6),
-    Column("updated", "updated"),
+    Column("status", "status", 7),
+    Column("updated", "changed", 8),
+    Column("age", "age", 5),
+    Column("error", "last error"),
 )
 
 
-def day_cells(day: StoredDay, now: datetime) -> tuple[Any, ...]:
+def day_cells(
+    day: StoredDay | None,
+    fresh: DayFreshness | None,
+    now: datetime,
+    theme_variables: Mapping[str, str],
+) -> tuple[Any, ...]:
+    """One day of the company: what is stored, and (inside the sync window) how fresh it is."""
+    when = day.date if day is not None else fresh.date if fresh is not None else None
+    failed = fresh is not None and fresh.last_status == JobStatus.FAILED
+    error_style = f"bold {theme_variables.get('error', '')}".strip()
     return (
-        day.date.isoformat(),
-        size_kb(day.file_size_kb),
-        str(day.job_count),
-        str(day.employee_count),
-        str(day.team_count),
-        safe_text(day.checksum[:12]),
-        safe_text(day.status),
-        f"{age(day.updated_at, now)} ago" if day.updated_at else NOTHING,
+        when.isoformat() if when else NOTHING,
+        size_kb(day.file_size_kb) if day else NOTHING,
+        str(day.job_count) if day else NOTHING,
+        str(day.employee_count) if day else NOTHING,
+        str(day.team_count) if day else NOTHING,
+        safe_text(day.checksum[:12]) if day else NOTHING,
+        safe_text(day.status) if day else Text("missing", style=error_style),
+        f"{age(day.updated_at, now)} ago" if day and day.updated_at else NOTHING,
+        age(fresh.confirmed_at, now) if fresh and fresh.confirmed_at else NOTHING,
+        safe_text(fresh.last_error or "", error_style, no_wrap=True, overflow="ellipsis")
+        if failed and fresh
+        else "",
     )
 
 
@@ -62,8 +88,13 @@ def sync_state(company: CompanyStorage) -> Text:
 
 
 def company_summary(
-    company: CompanyStorage, toggles: CompanyToggles | None, zone: tzinfo | None
+    company: CompanyStorage,
+    toggles: CompanyToggles | None,
+    zone: tzinfo | None,
+    fresh: CompanyFreshness | None = None,
+    variables: Mapping[str, str] | None = None,
 ) -> Table:
+    variables = variables or {}
     grid = Table.grid(padding=(0, 1))
     grid.add_column(style="dim", no_wrap=True)
     grid.add_column()
@@ -71,6 +102,9 @@ def company_summary(
     grid.add_row("sync", sync_state(company))
     grid.add_row("time zone", safe_text(company.timezone))
     grid.add_row("last synced", timestamp(company.last_synced_at, zone))
+    if fresh is not None:
+        oldest = f" · stalest day {age_of(fresh.oldest_age)} old" if fresh.oldest_age else ""
+        grid.add_row("freshness", Text.assemble(freshness_text(fresh.state, variables), oldest))
     if toggles is not None:
         grid.add_row("toggles", _toggle_summary(toggles))
     return grid
@@ -121,17 +155,20 @@ class CompanyDetailScreen(LiveScreen):
         super().on_mount()
 
     def fetch(self) -> Message:
-        db, now = self.console.engine.db, self.console.now()
+        engine, now = self.console.engine, self.console.now()
+        db = engine.db
         company = next(
             (row for row in queries.company_storage(db, now=now) if row.id == self.company_id),
             None,
         )
+        fresh = engine.freshness(now=now, company_id=self.company_id)
         return CompanyLoaded(
             CompanySnapshot(
                 company=company,
                 toggles=queries.company_toggles(db, self.company_id),
                 days=queries.stored_days(db, self.company_id),
                 now=now,
+                freshness=fresh[0] if fresh else None,
             )
         )
 
@@ -142,12 +179,30 @@ class CompanyDetailScreen(LiveScreen):
             summary.update(Text("This company no longer exists.", style="bold"))
             return
         self.company_name = snapshot.company.name
+        variables = self.app.theme_variables
         summary.update(
-            company_summary(snapshot.company, snapshot.toggles, self.console.display_zone)
+            company_summary(
+                snapshot.company,
+                snapshot.toggles,
+                self.console.display_zone,
+                snapshot.freshness,
+                variables,
+            )
         )
         self._days = {day.date.isoformat(): day for day in snapshot.days}
+        window = {
+            day.date.isoformat(): day
+            for day in (snapshot.freshness.days if snapshot.freshness else ())
+        }
+        # Newest date first; the window's days that have nothing stored yet show too.
+        keys = sorted(self._days.keys() | window.keys(), reverse=True)
         table = self.query_one("#days-table", LiveTable)
-        table.show([(key, day_cells(day, snapshot.now)) for key, day in self._days.items()])
+        table.show(
+            [
+                (key, day_cells(self._days.get(key), window.get(key), snapshot.now, variables))
+                for key in keys
+            ]
+        )
         table.border_subtitle = (
             f"{len(snapshot.days)} days · {size_kb(sum(d.file_size_kb for d in snapshot.days))}"
             if snapshot.days

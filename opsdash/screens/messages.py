@@ -9,12 +9,14 @@ a busy UI never works through a backlog of stale data.
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, Literal
 
 from textual.message import Message
 
+from opsdash.engine.freshness import CompanyFreshness, Freshness
 from opsdash.engine.queries import (
     CompanyChoice,
     CompanyStorage,
@@ -52,6 +54,8 @@ class SystemStatus:
     database_error: str | None = None
     database_ms: float = 0.0
     down_since: datetime | None = None
+    freshness: Counter[Freshness] | None = None
+    """Companies by freshness state (refreshed less often than the rest)."""
 
 
 @dataclass
@@ -92,6 +96,7 @@ class CompaniesSnapshot:
     rows: list[CompanyStorage]
     totals: StorageTotals
     now: datetime
+    freshness: dict[uuid.UUID, CompanyFreshness] = field(default_factory=dict)
 
 
 @dataclass
@@ -105,6 +110,7 @@ class CompanySnapshot:
     toggles: CompanyToggles | None
     days: list[StoredDay]
     now: datetime
+    freshness: CompanyFreshness | None = None
 
 
 @dataclass

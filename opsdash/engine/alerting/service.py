@@ -150,10 +150,7 @@ class AlertService:
         return TickResult(transitions, sent, failed)
 
     def evaluate(self, now: datetime) -> episodes.Transitions:
-        policy = freshness.policy(self.settings, now=now)
-        rows = freshness.company_freshness(
-            self.db, now=now, policy=policy, days_ahead=self.settings.days_ahead
-        )
+        rows = freshness.configured(self.db, self.settings, now=now)
         health = self.storage_health()
         self.storage.observe(health.reachable, now, health.reason)
         outage_after = timedelta(seconds=self.settings.alert_outage_s)

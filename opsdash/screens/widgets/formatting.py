@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from datetime import datetime, tzinfo
+from datetime import datetime, timedelta, tzinfo
 from typing import Any
 
 from rich.text import Text
 
+from opsdash.engine.freshness import Freshness
 from opsdash.engine.models import JobStatus, JobType
 
 NOTHING = "—"
@@ -62,9 +63,14 @@ JOB_TYPE_LABELS = {JobType.SYNC_SCHEDULE: "sched", JobType.SYNC_USERS: "users"}
 
 def age(moment: datetime | None, now: datetime) -> str:
     """Compact elapsed time: 4s, 12m, 3h, 2d."""
-    if moment is None:
+    return NOTHING if moment is None else age_of(now - moment)
+
+
+def age_of(elapsed: timedelta | None) -> str:
+    """A duration as ``age`` writes it."""
+    if elapsed is None:
         return NOTHING
-    seconds = max(0, int((now - moment).total_seconds()))
+    seconds = max(0, int(elapsed.total_seconds()))
     if seconds < 60:
         return f"{seconds}s"
     if seconds < 3600:
@@ -149,3 +155,21 @@ def one_line(text: str | None, limit: int = 200) -> str:
         return ""
     flat = printable(" ".join(text.split()))
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+FRESHNESS_THEME_VARIABLES = {
+    Freshness.FAILING: "error",
+    Freshness.LATE: "warning",
+    Freshness.FROZEN: "accent",
+    Freshness.PAUSED: "foreground-muted",
+    Freshness.ON_TIME: "success",
+}
+
+
+def freshness_text(state: Freshness | None, theme_variables: Mapping[str, str]) -> Text:
+    """A company's freshness, coloured by how much it needs a look."""
+    if state is None:
+        return Text(NOTHING, style="dim")
+    color = theme_variables.get(FRESHNESS_THEME_VARIABLES[state], "")
+    bold = "bold " if state in (Freshness.FAILING, Freshness.LATE, Freshness.FROZEN) else ""
+    return Text(state.value, style=f"{bold}{color}".strip())

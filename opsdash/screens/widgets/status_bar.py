@@ -6,6 +6,8 @@ storage is unusable (down, key refused, bucket made public).
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Mapping
 from datetime import tzinfo
 
 from rich.text import Text
@@ -14,13 +16,35 @@ from textual.containers import Horizontal, Vertical
 from textual.markup import escape
 from textual.widgets import Static
 
+from opsdash.engine.freshness import SUMMARY_ORDER, Freshness
 from opsdash.screens.messages import SystemStatus
-from opsdash.screens.widgets.formatting import NOTHING, age, clock, printable, safe_text, until
+from opsdash.screens.widgets.formatting import (
+    NOTHING,
+    age,
+    clock,
+    freshness_text,
+    printable,
+    safe_text,
+    until,
+)
 
 SLOW_DATABASE_MS = 2000.0
 
 SCREENS = (("jobs", "1", "Jobs"), ("companies", "2", "Companies"), ("preview", "3", "Preview"))
 SCREENS += (("log", "4", "Log"),)
+
+
+def freshness_line(counts: Counter[Freshness], theme_variables: Mapping[str, str]) -> Text:
+    """ "41 on time · 2 late · 1 failing", each count in its state's colour."""
+    text = Text()
+    for state in SUMMARY_ORDER:
+        if not counts[state]:
+            continue
+        if text:
+            text.append(" · ", style="dim")
+        styled = freshness_text(state, theme_variables)
+        text.append(f"{counts[state]} {state.value}", style=styled.style)
+    return text or Text("no companies", style="dim")
 
 
 def short_database(url: str) -> str:
@@ -65,7 +89,7 @@ class StatusBar(Vertical):
             return
         zone: tzinfo | None = getattr(self.app, "display_zone", None)
         health.update(self._health(status))
-        where.update(self._where(status, zone))
+        where.update(self._where(status, zone, self.app.theme_variables))
         problem = self._problem(status, zone)
         banner.display = problem is not None
         banner.update(problem or "")
@@ -105,7 +129,9 @@ class StatusBar(Vertical):
         return text
 
     @staticmethod
-    def _where(status: SystemStatus, zone: tzinfo | None) -> Text:
+    def _where(
+        status: SystemStatus, zone: tzinfo | None, theme_variables: Mapping[str, str]
+    ) -> Text:
         engine, now, times = status.engine, status.checked_at, status.sync_times
         text = Text()
         next_sync = engine.next_sync_at
@@ -118,6 +144,9 @@ class StatusBar(Vertical):
         text.append(printable(short_database(engine.database)))
         text.append(" · upstream ", style="dim")
         text.append(printable(short_upstream(engine.upstream)))
+        if status.freshness is not None:
+            text.append(" · ", style="dim")
+            text.append(freshness_line(status.freshness, theme_variables))
         return text
 
     @staticmethod
