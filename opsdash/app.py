@@ -33,6 +33,7 @@ from opsdash.engine.freshness import Freshness
 from opsdash.engine.runtime import Engine
 from opsdash.screens.commands import OpsdashCommands
 from opsdash.screens.companies import CompaniesScreen
+from opsdash.screens.history import HistoryScreen
 from opsdash.screens.jobs import JobsScreen
 from opsdash.screens.log import LogScreen
 from opsdash.screens.log_handler import AttachedLogHandler, ConsoleLogHandler
@@ -70,6 +71,7 @@ class OpsdashApp(App[None]):
         STYLES / "companies.tcss",
         STYLES / "preview.tcss",
         STYLES / "log.tcss",
+        STYLES / "history.tcss",
         STYLES / "modals.tcss",
     ]
     MODES: ClassVar[dict[str, type]] = {  # type: ignore[assignment]
@@ -77,6 +79,7 @@ class OpsdashApp(App[None]):
         "companies": CompaniesScreen,
         "preview": PreviewScreen,
         "log": LogScreen,
+        "history": HistoryScreen,
     }
     DEFAULT_MODE = "jobs"
     COMMANDS = App.COMMANDS | {OpsdashCommands}
@@ -86,6 +89,7 @@ class OpsdashApp(App[None]):
         Binding("2", "switch_mode('companies')", "Companies", show=False),
         Binding("3", "switch_mode('preview')", "Preview", show=False),
         Binding("4", "switch_mode('log')", "Log", show=False),
+        Binding("5", "switch_mode('history')", "History", show=False),
         Binding("s", "sync_now", "Sync now"),
         Binding("p", "toggle_pause", "Pause/resume"),
         Binding("q", "quit", "Quit"),

@@ -20,7 +20,8 @@ SCREEN_NAMES = {
     "switch_mode('jobs')": "Show jobs",
     "switch_mode('companies')": "Show companies & storage",
     "switch_mode('preview')": "Show technician preview",
-    "switch_mode('log')": "Show engine log",
+    "switch_mode('log')": "Show engine log and alerts sent",
+    "switch_mode('history')": "Show sync run history",
 }
 
 

@@ -1,26 +1,28 @@
-"""The engine's recent log lines (jobs started, finished, failed; runs queued), newest first."""
+"""The engine's recent log lines (jobs started, finished, failed; runs queued), newest first,
+and the alerts sent from any opsdash process on this database."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
 from datetime import tzinfo
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.screen import Screen
+from textual.message import Message
 from textual.widgets import Footer
 
-from opsdash.screens.messages import LogLine
+from opsdash.engine.alerting import outbox
+from opsdash.engine.alerting.outbox import Delivery
+from opsdash.screens.base import LiveScreen
+from opsdash.screens.messages import AlertsLoaded, LogLine
 from opsdash.screens.widgets.formatting import clock, safe_text
 from opsdash.screens.widgets.live_table import Column, LiveTable
 from opsdash.screens.widgets.status_bar import StatusBar
 
-if TYPE_CHECKING:
-    from opsdash.app import OpsdashApp
-
+ALERTS_SHOWN = 50
 LOG_COLUMNS = (
     Column("time", "time", 8),
     Column("level", "level", 7),
@@ -28,6 +30,33 @@ LOG_COLUMNS = (
     Column("message", "message"),
 )
 LEVEL_THEME_VARIABLES = {"ERROR": "error", "CRITICAL": "error", "WARNING": "warning"}
+ALERT_COLUMNS = (
+    Column("time", "time", 8),
+    Column("event", "event", 9),
+    Column("channel", "channel", 7),
+    Column("status", "status", 11),
+    Column("subject", "alert"),
+)
+DELIVERY_THEME_VARIABLES = {"failed": "error", "pending": "warning", "sending": "warning"}
+
+
+def alert_cells(
+    delivery: Delivery, zone: tzinfo | None, theme_variables: Mapping[str, str]
+) -> tuple[Any, ...]:
+    variable = DELIVERY_THEME_VARIABLES.get(delivery.status)
+    status = delivery.status if delivery.status != "pending" else f"retry {delivery.attempts}"
+    return (
+        clock(delivery.sent_at or delivery.created_at, zone),
+        delivery.event,
+        delivery.channel,
+        Text(status, style=f"bold {theme_variables[variable]}" if variable else "dim"),
+        safe_text(
+            delivery.subject.removeprefix("[opsdash] ")
+            + (f" ({delivery.error})" if delivery.error and delivery.status != "sent" else ""),
+            no_wrap=True,
+            overflow="ellipsis",
+        ),
+    )
 
 
 def log_cells(
@@ -43,38 +72,54 @@ def log_cells(
     )
 
 
-class LogScreen(Screen[None]):
+class LogScreen(LiveScreen):
     BINDINGS = [Binding("w", "toggle_problems", "Warnings only")]
+    POLL_FACTOR = 5.0
 
     def __init__(self) -> None:
         super().__init__()
         self.problems_only = False
-
-    @property
-    def console(self) -> OpsdashApp:
-        return cast("OpsdashApp", self.app)
 
     def compose(self) -> ComposeResult:
         yield StatusBar()
         table = LiveTable(LOG_COLUMNS, id="log-table")
         table.border_title = "engine log, newest first"
         yield table
+        alerts = LiveTable(ALERT_COLUMNS, id="alerts-table")
+        alerts.border_title = "alerts sent"
+        yield alerts
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one(LiveTable).focus()
+        self.query_one("#log-table", LiveTable).focus()
         self.show_lines()
+        super().on_mount()
 
     def on_screen_resume(self) -> None:
-        self.query_one(StatusBar).show_latest()
         self.show_lines()
+        super().on_screen_resume()
+
+    def fetch(self) -> Message:
+        return AlertsLoaded(outbox.recent(self.console.engine.db, limit=ALERTS_SHOWN))
+
+    def on_alerts_loaded(self, message: AlertsLoaded) -> None:
+        zone, variables = self.console.display_zone, self.app.theme_variables
+        table = self.query_one("#alerts-table", LiveTable)
+        table.show([(str(d.id), alert_cells(d, zone, variables)) for d in message.deliveries])
+        configured = self.console.engine.alerts.enabled
+        if message.deliveries:
+            table.border_subtitle = f"newest {len(message.deliveries)}"
+        elif configured:
+            table.border_subtitle = "none sent yet"
+        else:
+            table.border_subtitle = "no channel configured (OPSDASH_ALERT_WEBHOOK_URL, …)"
 
     def show_lines(self) -> None:
         lines = list(self.console.log_lines)
         if self.problems_only:
             lines = [line for line in lines if logging.getLevelName(line.level) >= logging.WARNING]
         zone, variables = self.console.display_zone, self.app.theme_variables
-        table = self.query_one(LiveTable)
+        table = self.query_one("#log-table", LiveTable)
         table.show([(str(line.seq), log_cells(line, zone, variables)) for line in reversed(lines)])
         shown = "warnings and errors" if self.problems_only else "all lines"
         table.border_subtitle = f"{len(lines)} lines · {shown}" if lines else "no log lines yet"

@@ -16,7 +16,9 @@ from typing import Any, Literal
 
 from textual.message import Message
 
+from opsdash.engine.alerting.outbox import Delivery
 from opsdash.engine.freshness import CompanyFreshness, Freshness
+from opsdash.engine.ledger import RunSummary
 from opsdash.engine.queries import (
     CompanyChoice,
     CompanyStorage,
@@ -196,6 +198,17 @@ class LogLine:
     level: str
     logger: str
     message: str
+
+
+@dataclass
+class HistoryLoaded(_Snapshot):
+    runs: list[RunSummary]
+    now: datetime
+
+
+@dataclass
+class AlertsLoaded(_Snapshot):
+    deliveries: list[Delivery]
 
 
 class LogLinesArrived(Message):

@@ -31,7 +31,7 @@ from opsdash.screens.widgets.formatting import (
 SLOW_DATABASE_MS = 2000.0
 
 SCREENS = (("jobs", "1", "Jobs"), ("companies", "2", "Companies"), ("preview", "3", "Preview"))
-SCREENS += (("log", "4", "Log"),)
+SCREENS += (("log", "4", "Log"), ("history", "5", "History"))
 
 
 def freshness_line(counts: Counter[Freshness], theme_variables: Mapping[str, str]) -> Text:
