@@ -280,6 +280,9 @@ def reconcile(
     by_id = {user.id: user for user in listing}
     by_email = {user.email: user for user in by_id.values() if user.email}
     claimed: dict[uuid.UUID, uuid.UUID] = {}  # Auth id → upstream id, within this run
+    # Email → the upstream user that claimed it first in this run. Listing order decides,
+    # not which of two concurrent creates the server happens to take first.
+    emails: dict[str, uuid.UUID] = {}
     listed = {str(user.maidcentral_user_id) for user in wanted}
     profile_owner = {profile_id: upstream_id for upstream_id, profile_id in linked.items()}
     actions: list[_Action] = []
@@ -294,6 +297,12 @@ def reconcile(
         profile_id = linked.get(mc_id)
         if not user.email:
             fail(None, f"upstream user {mc_id} has no email")
+            if profile_id is not None:
+                result.kept.add(mc_id)
+            continue
+        first = emails.get(user.email, mc_id)
+        if first != mc_id:
+            fail(user.email, f"email is also listed for upstream user {first}, listed first")
             if profile_id is not None:
                 result.kept.add(mc_id)
             continue
@@ -315,6 +324,7 @@ def reconcile(
             fail(user.email, f"shares Auth user {auth_id} with upstream user {claimed[auth_id]}")
             continue
         claimed[auth_id] = mc_id
+        emails[user.email] = mc_id
         metadata = user.app_metadata()
         if current is None:
             actions.append(_create_action(admin, result, user, auth_id, metadata, profile_id))
