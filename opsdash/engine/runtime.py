@@ -257,11 +257,12 @@ class Engine:
         self.alerts.tick()
 
     def storage_health(self) -> StorageHealth:
-        try:
-            self.blobs.ping()
-        except Exception as error:
-            return StorageHealth(reachable=False, reason=f"{type(error).__name__}: {error}"[:200])
-        return StorageHealth(reachable=True)
+        """What the alerts need of storage, from one probe through the storage gate."""
+        state = self.storage_gate.check()
+        if state.public:
+            # Reachable, but exposing the schedules: its own alert, not an outage.
+            return StorageHealth(reachable=True, public_bucket=self.settings.blob_bucket)
+        return StorageHealth(reachable=state.ok, reason=state.reason or "")
 
     def sync(
         self,
