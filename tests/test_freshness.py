@@ -188,17 +188,3 @@ def test_summary_line_counts_states() -> None:
 )
 def test_cadence_is_the_longest_gap_of_the_cron(expression: str, cadence: timedelta) -> None:
     assert cron_cadence(expression, now=NOW) == cadence
-
-
-def test_an_existing_database_gains_the_synced_at_column(db: Database) -> None:
-    from sqlalchemy import inspect
-
-    from opsdash.engine.db import create_schema
-
-    # A database made before the column existed: create_all alone would leave it so.
-    with db.write() as conn:
-        conn.exec_driver_sql("ALTER TABLE schedule_data DROP COLUMN synced_at")
-    create_schema(db)
-    columns = {column["name"] for column in inspect(db.engine).get_columns("schedule_data")}
-    assert "synced_at" in columns
-    assert company_freshness(db, now=NOW, policy=POLICY, days_ahead=DAYS) == []
