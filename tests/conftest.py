@@ -173,7 +173,9 @@ def engine_settings(
 
 @pytest.fixture
 def settings(db_url: str, tmp_path: Path, demo_upstream: DemoUpstream) -> Settings:
-    return engine_settings(db_url, tmp_path / "data", demo_upstream.url)
+    # Migrated, so a test may build its own Engine from these settings (on Postgres a
+    # process refuses an unmigrated schema).
+    return engine_settings(migrated(db_url), tmp_path / "data", demo_upstream.url)
 
 
 def migrated(url: str) -> str:
@@ -188,7 +190,6 @@ def migrated(url: str) -> str:
 
 @pytest.fixture
 def engine(settings: Settings) -> Iterator[Engine]:
-    migrated(settings.effective_database_url)
     running = Engine(settings)
     yield running
     running.stop()

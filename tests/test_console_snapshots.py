@@ -25,6 +25,7 @@ from opsdash.demo.data import DemoWorld
 from opsdash.engine.blobs import schedule_path, sha256_hex
 from opsdash.engine.handlers import map_role, windows_to_iana
 from opsdash.engine.models import (
+    AlertDelivery,
     BackgroundJob,
     Company,
     JobStat,
@@ -245,6 +246,33 @@ def _job_stats() -> list[JobStat]:
     ]
 
 
+def _alerts_sent() -> list[AlertDelivery]:
+    """One alert that went out and one still being retried, for the log screen."""
+    sent = NOW - timedelta(minutes=16)
+    return [
+        AlertDelivery(
+            id=uuid.UUID(int=900 + index),
+            event=event,
+            channel=channel,
+            subject=f"[opsdash] ALERT: {subject}",
+            body=subject,
+            status=status,
+            attempts=attempts,
+            error=error,
+            created_at=sent,
+            next_attempt_at=sent,
+            sent_at=sent if status == "sent" else None,
+        )
+        for index, (event, channel, subject, status, attempts, error) in enumerate(
+            [
+                ("opened", "webhook", "Tidy Nest Services (1003) is failing", "sent", 1, None),
+                ("opened", "email", "Tidy Nest Services (1003) is failing", "pending", 2,
+                 "SMTPServerDisconnected: Connection unexpectedly closed"),
+            ]
+        )
+    ]  # fmt: skip
+
+
 LOG_LINES = [
     LogLine(1, NOW - timedelta(minutes=20), "INFO", "opsdash.coordinator",
             "sync run planned: 7 jobs, 7 queued in 4 ms"),
@@ -278,6 +306,7 @@ def fixed_app(
                 *_stored_days(engine, world, companies),
                 *_jobs(companies),
                 *_job_stats(),
+                *_alerts_sent(),
             ]
         )
         session.commit()

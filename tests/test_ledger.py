@@ -55,3 +55,30 @@ def test_runs_older_than_the_retention_are_pruned(engine: Engine) -> None:
     later = utcnow() + timedelta(days=91)
     assert ledger.prune_runs(engine.db, older_than=timedelta(days=90), now=later) == 1
     assert ledger.history(engine.db) == []
+
+
+def test_an_unchanged_resync_confirms_the_days_so_they_stay_fresh(engine: Engine) -> None:
+    from sqlalchemy import select
+
+    from opsdash.engine.models import ScheduleData
+
+    def stored() -> dict[object, tuple[object, object]]:
+        with engine.db.read() as conn:
+            rows = conn.execute(
+                select(ScheduleData.id, ScheduleData.updated_at, ScheduleData.synced_at)
+            ).all()
+        return {row.id: (row.updated_at, row.synced_at) for row in rows}
+
+    engine.start(scheduler=False)
+    engine.sync()
+    assert engine.wait_idle(timeout_s=120)
+    first = stored()
+    assert first and all(synced is not None for _, synced in first.values())
+
+    engine.sync()  # the demo upstream answers the same schedules: nothing is rewritten
+    assert engine.wait_idle(timeout_s=120)
+    second = stored()
+    assert second.keys() == first.keys()
+    for key, (updated, synced) in second.items():
+        assert updated == first[key][0]  # the content did not change...
+        assert synced > first[key][1]  # ...but a sync confirmed it, so it counts as fresh

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, or_, select
+from sqlalchemy import Connection, bindparam, delete, or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from tzlocal.windows_tz import win_tz
 
 from opsdash.engine import auth_users, coordinator, queue
@@ -162,7 +163,32 @@ def _sync_window(
             context, company, job, day, by_day.get(day, []), stored.get(day), present
         )
         (changed.append((outcome, row)) if row is not None else outcomes.append(outcome))
+    _confirm_unchanged(context.db, company.id, outcomes)
     return outcomes + _record_metadata(context.db, changed)
+
+
+def _confirm_unchanged(db: Database, company_id: uuid.UUID, outcomes: list[Outcome]) -> None:
+    """Record that a sync confirmed the unchanged days (freshness reads ``synced_at``).
+
+    A failure here loses no data, only the confirmation: the day looks older than it is
+    until the next sync, so it is logged and the jobs still complete.
+    """
+    days = [
+        _job_day(outcome.job)
+        for outcome in outcomes
+        if outcome.ok and outcome.result.get("unchanged") and not outcome.result.get("restored")
+    ]
+    if not days:
+        return
+    try:
+        with db.write() as conn:
+            conn.execute(
+                update(SCHEDULES)
+                .where(SCHEDULES.c.company_id == company_id, SCHEDULES.c.date.in_(days))
+                .values(synced_at=utcnow())
+            )
+    except SQLAlchemyError as error:
+        log.warning("recording that %d unchanged days were synced failed: %s", len(days), error)
 
 
 def _record_metadata(db: Database, changed: list[tuple[Outcome, ScheduleData]]) -> list[Outcome]:
@@ -258,6 +284,7 @@ def _store_day(
         team_count=teams_n,
         status="ready",
         updated_at=generated_at,
+        synced_at=utcnow(),
     )
     return Outcome(job, True, result), row
 
