@@ -1,6 +1,6 @@
 """The schedule view a user may see: one pure function for the read API and the console preview.
 
-Rules (DESIGN.md section 3, "Privacy"):
+Rules (docs/contracts.md, "Privacy"):
 
 - ``admin`` and ``office`` see their own company's whole document.
 - A ``technician`` sees only the jobs whose ``employeeSchedules`` name their

@@ -293,7 +293,7 @@ def test_prune_rolls_up_into_job_stats(db: Database) -> None:
 
 
 def test_operator_reset_by_hand_is_picked_up_again(db: Database) -> None:
-    """DESIGN's third operator query resets failed jobs with plain SQL."""
+    """The third operator query of docs/contracts.md resets failed jobs with plain SQL."""
     queue.enqueue(db, [queue.users_job(max_attempts=1)], now=T0)
     worker = queue.new_worker_id()
     [job] = queue.claim(db, worker, lease_s=LEASE, now=T0)
@@ -324,7 +324,7 @@ def test_optimize_gathers_planner_statistics(db: Database) -> None:
 
 
 def test_hand_reset_never_collides_with_other_jobs_for_the_same_work(db: Database) -> None:
-    """Two failed runs of one company-day, plus a pending one, then DESIGN's reset query."""
+    """Two failed runs of one company-day, plus a pending one, then the reset query of docs/contracts.md."""
     company = add_company(db)
     worker = queue.new_worker_id()
     for _ in range(2):

@@ -214,7 +214,8 @@ def test_supabase_sql_builds_the_same_schema_as_opsdash_migrate(
 
 # --- the original system's tables and rows --------------------------------------------------
 
-# As the original Edge Functions made them: DESIGN.md section 3 without the columns marked +.
+# As the original Edge Functions made them: the tables of docs/contracts.md without the
+# columns it lists as added.
 LEGACY = sa.MetaData()
 _JSON = sa.JSON().with_variant(JSONB(), "postgresql")
 sa.Table(

@@ -1,6 +1,6 @@
 """SupabaseBlobStore against a stand-in that answers like Supabase Storage v1.70.6.
 
-The first tests pin the stand-in to DESIGN.md's description of the real server, so the store
+The first tests pin the stand-in to docs/contracts.md's description of the real server, so the store
 tests after them prove something about the real thing. What the store raises when a key is
 wrong: the download route answers a rejected token as "Bucket not found" and row-level
 security makes objects of a private bucket look missing to a non-service key, so the store
@@ -88,7 +88,7 @@ def upload(storage: SupabaseStorageStandIn, name: str, *, upsert: bool = False) 
     return call_api(storage, "POST", f"object/{BUCKET}/{name}", files=files, headers=headers)
 
 
-# --- the stand-in answers as DESIGN.md says the real server does --------------------------
+# --- the stand-in answers as docs/contracts.md says the real server does --------------------------
 
 
 def _duplicate_upload(storage: SupabaseStorageStandIn) -> httpx.Response:

@@ -1,4 +1,4 @@
-"""The tables of DESIGN.md section 3, compatible with the existing Supabase deployment."""
+"""The tables of docs/contracts.md, compatible with the existing Supabase deployment."""
 
 from __future__ import annotations
 

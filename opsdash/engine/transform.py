@@ -437,7 +437,7 @@ def build_document(
     generated_at: datetime,
     dropped: DroppedValues | None = None,
 ) -> ScheduleDocument:
-    """The schedule document of one company-day (DESIGN.md "Schedule document").
+    """The schedule document of one company-day (docs/contracts.md, "The schedule document").
 
     Values of the wrong type are left out and counted in ``dropped`` when given.
     """

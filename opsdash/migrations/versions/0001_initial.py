@@ -1,11 +1,11 @@
-"""The schema of DESIGN.md section 3, adopting the original system's tables.
+"""The schema of docs/contracts.md, adopting the original system's tables.
 
 Revision ID: 0001
 Revises:
 Create Date: 2026-11-29
 
 Safe on three kinds of database: an empty one; one holding the original system's
-tables as its Edge Functions made them (the columns marked + in DESIGN.md are
+tables as its Edge Functions made them (the columns docs/contracts.md lists as added are
 missing); one that an opsdash without migrations made. Every table, column and
 index is created only when missing, so no row is touched.
 """
