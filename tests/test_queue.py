@@ -324,7 +324,7 @@ def test_optimize_gathers_planner_statistics(db: Database) -> None:
 
 
 def test_hand_reset_never_collides_with_other_jobs_for_the_same_work(db: Database) -> None:
-    """Two failed runs of one company-day, plus a pending one, then the reset query of docs/contracts.md."""
+    """Two failed runs of one company-day, plus a pending one, then the contracts' reset query."""
     company = add_company(db)
     worker = queue.new_worker_id()
     for _ in range(2):
