@@ -15,6 +15,7 @@ from opsdash.config import Settings
 from opsdash.demo.server import DemoUpstream
 from opsdash.engine.db import Database, connect, create_schema
 from opsdash.engine.runtime import Engine
+from tests.alert_receivers import SmtpReceiver, WebhookReceiver
 from tests.pgbouncer import PgBouncer, pgbouncer_missing_reason
 from tests.pgcluster import pg_cluster  # noqa: F401  (a Postgres cluster of a test's own)
 
@@ -193,3 +194,22 @@ def engine(settings: Settings) -> Iterator[Engine]:
     running = Engine(settings)
     yield running
     running.stop()
+
+
+# --- alert receivers: a real webhook endpoint and a real SMTP server on loopback -------------
+
+
+@pytest.fixture
+def webhook() -> Iterator[WebhookReceiver]:
+    receiver = WebhookReceiver()
+    receiver.start()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpReceiver]:
+    receiver = SmtpReceiver()
+    receiver.start()
+    yield receiver
+    receiver.stop()

@@ -39,14 +39,6 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture
-def webhook() -> Iterator[WebhookReceiver]:
-    receiver = WebhookReceiver()
-    receiver.start()
-    yield receiver
-    receiver.stop()
-
-
-@pytest.fixture
 def stale_engine(
     tmp_path: Path, sqlite_url: str, demo_upstream: DemoUpstream, webhook: WebhookReceiver
 ) -> Iterator[Engine]:

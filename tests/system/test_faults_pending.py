@@ -1,7 +1,9 @@
-"""Scenarios whose fixes are being made on the `faults` branch: a worker stopped past its
-lease must be fenced out, a frozen database must give 503 within seconds, and SIGTERM must
-release running jobs at once. Each is marked xfail(strict=True) while its fix is not on
-main, so the day it lands the unexpected pass fails the suite and the mark goes."""
+"""Scenarios whose fixes are finished but not yet on main (`wip/issue-10-engine-faults.mbox`):
+a worker stopped past its lease must be fenced out, a frozen database must give 503 within
+seconds, and SIGTERM must release running jobs at once. Each is marked xfail, not strict:
+without the fix the outcome depends on timing (the stopped worker may wake after the
+rescuer's write or before it), so an occasional pass must not fail the suite. The marks go
+when the series lands."""
 
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.system, pytest.mark.timeout(600)]
 
 
 @pytest.mark.xfail(
-    strict=True,
+    strict=False,
     reason="needs fenced publishing (branch faults: a worker whose lease was taken over must "
     "not rewrite the blob), not on main yet",
 )
@@ -89,7 +91,7 @@ def test_3_sigstop_past_the_lease_then_sigcont(system: System) -> None:
 
 
 @pytest.mark.xfail(
-    strict=True,
+    strict=False,
     reason="needs bounded database waits (branch faults: connect and statement timeouts, a "
     "bounded wait for a pooled connection), not on main yet",
 )
@@ -130,7 +132,7 @@ def test_4b_database_frozen_40_s(system: System, cluster: OwnPostgres) -> None:
 
 
 @pytest.mark.xfail(
-    strict=True,
+    strict=False,
     reason="needs prompt shutdown (branch faults: in-flight upstream requests cut and jobs "
     "released on SIGTERM), not on main yet",
 )

@@ -9,6 +9,7 @@ transition happens, and is sent, exactly once.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -78,9 +79,10 @@ def apply(
         for key in sorted(current.keys() & open_alerts.keys()):
             alert, condition = open_alerts[key], current[key]
             if _rank(condition.level) > _rank(alert.level):
-                transitions.escalated.append(_escalate(conn, alert, condition, now))
+                escalated = _notify_again(conn, alert, condition, condition.level, now)
+                transitions.escalated.append(escalated)
             elif alert.last_notified_at is None or now - alert.last_notified_at >= policy.reminder:
-                transitions.reminded.append(_touch(conn, alert, condition, now))
+                transitions.reminded.append(_notify_again(conn, alert, condition, alert.level, now))
         for key in sorted(open_alerts.keys() - current.keys()):
             transitions.resolved.append(_resolve(conn, open_alerts[key], now))
         for event, alerts in (
@@ -132,8 +134,12 @@ def _open_episode(conn: Connection, condition: Condition, now: datetime) -> Open
     return alert
 
 
-def _escalate(conn: Connection, alert: OpenAlert, condition: Condition, now: datetime) -> OpenAlert:
-    detail = {**condition.detail, "level": condition.level}
+def _notify_again(
+    conn: Connection, alert: OpenAlert, condition: Condition, level: str, now: datetime
+) -> OpenAlert:
+    """The alert is sent again (an escalation to ``level``, or a reminder at its level),
+    with the condition's current subject and detail."""
+    detail = {**condition.detail, "level": level}
     conn.execute(
         update(ALERTS)
         .where(A.id == alert.id)
@@ -144,39 +150,8 @@ def _escalate(conn: Connection, alert: OpenAlert, condition: Condition, now: dat
             notifications=A.notifications + 1,
         )
     )
-    return OpenAlert(
-        alert.id,
-        alert.key,
-        alert.kind,
-        condition.subject,
-        condition.level,
-        alert.opened_at,
-        now,
-        detail,
-    )
-
-
-def _touch(conn: Connection, alert: OpenAlert, condition: Condition, now: datetime) -> OpenAlert:
-    detail = {**condition.detail, "level": alert.level}
-    conn.execute(
-        update(ALERTS)
-        .where(A.id == alert.id)
-        .values(
-            subject=condition.subject,
-            detail=detail,
-            last_notified_at=now,
-            notifications=A.notifications + 1,
-        )
-    )
-    return OpenAlert(
-        alert.id,
-        alert.key,
-        alert.kind,
-        condition.subject,
-        alert.level,
-        alert.opened_at,
-        now,
-        detail,
+    return dataclasses.replace(
+        alert, subject=condition.subject, level=level, last_notified_at=now, detail=detail
     )
 
 
