@@ -52,7 +52,6 @@ log = logging.getLogger("opsdash.serve")
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 GRACEFUL_SHUTDOWN_S = 10
-WORKER_HEALTHCHECK_S = 30
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_CONFIGURATION = 2
@@ -347,9 +346,8 @@ class WorkerConfig(GuardedConfig):
 def _serve_with_workers(
     spec: WorkerSpec, listener: socket.socket, workers: int, options: dict[str, Any]
 ) -> int:
-    config = WorkerConfig(
-        spec, workers=workers, timeout_worker_healthcheck=WORKER_HEALTHCHECK_S, **options
-    )
+    # ``options`` already carries the worker healthcheck timeout (see above).
+    config = WorkerConfig(spec, workers=workers, **options)
     supervisor = Multiprocess(config, sockets=[listener])
     supervisor.run()
     failed = any(process.exitcode == STARTUP_FAILURE for process in supervisor.processes)
