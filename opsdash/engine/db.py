@@ -7,6 +7,8 @@ or transaction they need.
 from __future__ import annotations
 
 import fcntl
+import sqlite3
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -316,6 +318,23 @@ def _relax_commit_durability(engine: Engine) -> None:
         dbapi_connection.commit()
 
 
+def _enable_wal(cursor: Any, attempts: int = 50) -> None:
+    """Switch a connection to WAL, waiting out others that are switching the same new file.
+
+    Changing the journal mode takes a lock that SQLite's busy handler does not wait for,
+    so processes or threads opening a fresh database at once can get "database is locked"
+    here; it clears as soon as the first of them has switched.
+    """
+    for attempt in range(attempts):
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or attempt == attempts - 1:
+                raise
+            time.sleep(0.02 * (attempt + 1))
+
+
 def _sqlite_engine(url: str, database: str | None) -> Engine:
     if database and database != ":memory:":
         # Created 0600 before SQLite opens it: SQLite gives its -wal and -shm files the
@@ -333,7 +352,7 @@ def _sqlite_engine(url: str, database: str | None) -> Engine:
         # Take transaction control from the driver so BEGIN IMMEDIATE is possible.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        _enable_wal(cursor)
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
