@@ -532,13 +532,25 @@ def test_a_ready_day_whose_object_is_lost_is_503_warned_once_and_restored(
     # Once, however many requests met the lost object.
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
     assert all(r.levelno == logging.WARNING for r in warnings)
-    with world.db.session() as session:
-        resyncs = session.execute(
-            select(BackgroundJob).where(
-                BackgroundJob.dedup_key == f"sync_schedule:{world.company_b.id}:{day}"
+
+    def resync_statuses() -> list[JobStatus]:
+        with world.db.session() as session:
+            return list(
+                session.execute(
+                    select(BackgroundJob.status).where(
+                        BackgroundJob.dedup_key == f"sync_schedule:{world.company_b.id}:{day}"
+                    )
+                ).scalars()
             )
-        ).scalars()
-        assert [job.status for job in resyncs] == [JobStatus.COMPLETED]
+
+    # The blob is readable a moment before the job that wrote it records its completion.
+    wait_until(
+        lambda: resync_statuses() != [JobStatus.RUNNING],
+        what="the one resync to finish",
+        timeout_s=120,
+        seen=resync_statuses,
+    )
+    assert resync_statuses() == [JobStatus.COMPLETED]
 
 
 # --- 503 ---------------------------------------------------------------------------------

@@ -53,25 +53,47 @@ class ParsedDay:
 
 
 class _Lru(Generic[K, V]):
-    """A small thread-safe least-recently-used map."""
+    """A small thread-safe least-recently-used map that makes each missing value once.
+
+    Refreshes are exclusive thread workers, and Textual cannot stop a thread it cancels: a
+    slow first read of a big day is still running when the next refresh asks for the same
+    day. That second caller waits for the first one's value instead of reading it again.
+    """
 
     def __init__(self, size: int) -> None:
         self._size = size
         self._items: OrderedDict[K, V] = OrderedDict()
         self._lock = threading.Lock()
+        self._making: dict[K, threading.Lock] = {}
 
     def get_or_make(self, key: K, make: Callable[[], V]) -> V:
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
-        value = make()  # outside the lock: reading a blob may take a while
-        with self._lock:
-            self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self._size:
-                self._items.popitem(last=False)
+            making = self._making.setdefault(key, threading.Lock())
+        with making:  # outside the map's lock: reading a blob may take a while
+            with self._lock:
+                if key in self._items:  # made by the caller this one waited for
+                    self._items.move_to_end(key)
+                    return self._items[key]
+            try:
+                value = make()
+            except BaseException:
+                with self._lock:
+                    self._done_making(key, making)
+                raise
+            with self._lock:
+                self._items[key] = value
+                self._items.move_to_end(key)
+                while len(self._items) > self._size:
+                    self._items.popitem(last=False)
+                self._done_making(key, making)
         return value
+
+    def _done_making(self, key: K, making: threading.Lock) -> None:
+        if self._making.get(key) is making:
+            del self._making[key]
 
     def __len__(self) -> int:
         return len(self._items)
