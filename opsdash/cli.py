@@ -113,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
     from opsdash import cli_alerts
 
     cli_alerts.add_arguments(alerts)
+    operators = commands.add_parser(
+        "operators",
+        help="who may sign in to the browser console (`operators add NAME [--read-only]`)",
+    )
+    from opsdash import cli_operators
+
+    cli_operators.add_arguments(operators)
 
     demo = commands.add_parser("demo-upstream", help="serve the demo MaidCentral API")
     from opsdash.demo import cli as demo_cli
@@ -138,6 +145,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from opsdash import cli_alerts
 
             return cli_alerts.run(settings, args)
+        if args.command == "operators":
+            from opsdash import cli_operators
+
+            return cli_operators.run(settings, args)
         commands = {
             "sync": _sync,
             "worker": _worker,

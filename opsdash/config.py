@@ -115,7 +115,8 @@ class Settings(BaseSettings):
     freshness_cadence_s: float | None = Field(default=None, gt=0)
     """The sync cadence freshness is judged against; unset: the longest gap of ``sync_cron``."""
     ledger_retention_days: int = Field(default=90, ge=1)
-    """How long the run ledger keeps a sync run's figures."""
+    """How long the run ledger keeps a sync run's figures, and the audit trail an
+    operator's action."""
 
     alert_webhook_url: str | None = None
     """Where alerts are POSTed as JSON; unset: no webhook."""

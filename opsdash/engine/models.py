@@ -279,6 +279,45 @@ class UserProfile(SQLModel, table=True):
     )
 
 
+class OperatorRecord(SQLModel, table=True):
+    """Someone who may sign in to a console: the browser console asks for a password."""
+
+    __tablename__ = "operators"
+
+    name: str = Field(primary_key=True)
+    password_hash: str
+    """An argon2 hash (``engine/operators.py``); never the password."""
+    read_only: bool = Field(default=False, sa_column_kwargs={"server_default": text("false")})
+    created_at: datetime | None = Field(
+        default_factory=utcnow,
+        sa_column=Column(UTCDateTime(), nullable=False, server_default=text("CURRENT_TIMESTAMP")),
+    )
+    disabled_at: datetime | None = _ts()
+    """Set: the operator may no longer sign in (kept, so the audit's name stays theirs)."""
+    last_login_at: datetime | None = _ts()
+
+
+class OperatorAudit(SQLModel, table=True):
+    """One operator action from a console: who, when, what, on what, and how it ended."""
+
+    __tablename__ = "operator_audit"
+    __table_args__ = (Index("operator_audit_at", "at"),)
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    at: datetime | None = Field(
+        default_factory=utcnow,
+        sa_column=Column(UTCDateTime(), nullable=False, server_default=text("CURRENT_TIMESTAMP")),
+    )
+    operator: str
+    console: str
+    """'terminal' or 'web'."""
+    action: str
+    target: dict[str, Any] = _json()
+    result: str
+    """'ok', 'refused' (a read-only operator) or 'failed'."""
+    detail: str | None = None
+
+
 __all__ = [
     "ACTIVE_STATUSES",
     "FINISHED_STATUSES",
@@ -289,6 +328,8 @@ __all__ = [
     "JobStat",
     "JobStatus",
     "JobType",
+    "OperatorAudit",
+    "OperatorRecord",
     "Role",
     "ScheduleData",
     "SyncRunRecord",

@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 
 from opsdash.config import Mode, Settings
 from opsdash.datafolder import secure_existing
-from opsdash.engine import coordinator, freshness, ledger, queue, retention
+from opsdash.engine import audit, coordinator, freshness, ledger, queue, retention
 from opsdash.engine.alerting.service import AlertService, StorageHealth
 from opsdash.engine.auth_users import AuthAdmin
 from opsdash.engine.blobs import BlobStore, LocalBlobStore, SupabaseBlobStore
@@ -301,7 +301,9 @@ class Engine:
 
     def prune(self) -> int:
         pruned = queue.prune(self.db, older_than=timedelta(days=self.settings.retention_days))
-        ledger.prune_runs(self.db, older_than=timedelta(days=self.settings.ledger_retention_days))
+        kept = timedelta(days=self.settings.ledger_retention_days)
+        ledger.prune_runs(self.db, older_than=kept)
+        audit.prune_audit(self.db, older_than=kept)
         self.db.optimize()
         if pruned:
             log.info("pruned %d old jobs into job_stats", pruned)
