@@ -1,6 +1,7 @@
 """Read API under load: wrk on loopback against `serve()`, and nginx serving the same blob.
 
     .venv/bin/python bench/bench_readapi.py [--workers 2] [--duration 10] [--connections 50]
+                                            [--backend sqlite|postgres|pooler]
 
 Needs `wrk` and `nginx` on PATH (Debian: `apt-get install -y wrk nginx`). The script
 syncs the demo upstream into a temporary data folder, picks the company-day whose
@@ -12,6 +13,11 @@ free loopback ports, and runs, one after the other:
 2. the technician's revalidation (`If-None-Match` → 304),
 3. the admin's whole document (200, for scale),
 4. nginx serving the same blob bytes as a static file.
+
+``--backend`` chooses where the read API finds tokens' users and the stored days: the
+data folder's SQLite file (the default), a fresh database on the local Postgres
+(127.0.0.1:5432), or the same database through a real PgBouncer in transaction mode
+(Supabase's pooler works the same way; needs Debian's `pgbouncer`).
 
 It prints requests/s, p50/p99 latency, the ratio to nginx and the server's peak RSS
 (VmHWM of the serving processes), then stops everything it started.
@@ -31,6 +37,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -38,16 +47,19 @@ from typing import Any
 
 import httpx
 import orjson
+import psycopg
 from sqlalchemy import select
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from opsdash.config import Settings  # noqa: E402
+from opsdash.engine.db import connect, create_schema  # noqa: E402
 from opsdash.engine.models import ScheduleData, UserProfile  # noqa: E402
 from opsdash.engine.runtime import Engine  # noqa: E402
 from opsdash.readapi.conditional import SCHEDULE_PATH  # noqa: E402
 from opsdash.readapi.tokens import mint_token  # noqa: E402
+from tests.pgbouncer import PgBouncer, pgbouncer_missing_reason  # noqa: E402
 
 TARGET_KB = 50
 
@@ -90,9 +102,15 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def prepare(data_dir: Path) -> Fixture:
+def prepare(data_dir: Path, database_url: str | None) -> Fixture:
     """Sync the demo world and pick the ~50 KB company-day and a typical technician."""
-    settings = Settings(data_dir=data_dir, demo_companies=6, days_ahead=14, workers=2)
+    settings = Settings(
+        data_dir=data_dir,
+        database_url=database_url,
+        demo_companies=6,
+        days_ahead=14,
+        workers=2,
+    )
     engine = Engine(settings)
     try:
         engine.sync()
@@ -137,15 +155,56 @@ def prepare(data_dir: Path) -> Fixture:
         engine.stop()
 
 
+@contextmanager
+def fresh_postgres_database(port: int) -> Iterator[str]:
+    """A database of the benchmark's own on the Postgres at ``port``, dropped afterwards."""
+    name = f"opsdash_bench_{uuid.uuid4().hex[:12]}"
+    admin_dsn = f"host=127.0.0.1 port={port} user=postgres dbname=postgres"
+    with psycopg.connect(admin_dsn, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield name
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def backend_urls(backend: str, port: int) -> Iterator[tuple[str | None, str | None]]:
+    """(URL the demo sync writes through, URL the read API reads through) for ``backend``."""
+    if backend == "sqlite":
+        yield None, None
+        return
+    with fresh_postgres_database(port) as name:
+        direct = f"postgresql+psycopg://postgres@127.0.0.1:{port}/{name}"
+        database = connect(direct)
+        try:
+            create_schema(database)  # as `opsdash migrate` does before a first start
+        finally:
+            database.dispose()
+        if backend == "postgres":
+            yield direct, direct
+            return
+        reason = pgbouncer_missing_reason()
+        if reason:
+            raise SystemExit(reason)
+        bouncer = PgBouncer(server_port=port).start()
+        try:
+            # The pooler's wildcard entry routes the alias to the database of that name.
+            yield direct, bouncer.url(name, query="pgbouncer=true")
+        finally:
+            bouncer.stop()
+
+
 def start_server(
-    data_dir: Path, port: int, args: argparse.Namespace, log: Path
+    data_dir: Path, port: int, args: argparse.Namespace, log: Path, database_url: str | None
 ) -> subprocess.Popen[bytes]:
     script = (
         "import sys\n"
         "from pathlib import Path\n"
         "from opsdash.config import Settings\n"
         "from opsdash.readapi.server import serve\n"
-        f"settings = Settings(data_dir=Path({str(data_dir)!r}))\n"
+        f"settings = Settings(data_dir=Path({str(data_dir)!r}), database_url={database_url!r})\n"
         f"sys.exit(serve(settings, host='127.0.0.1', port={port}, workers={args.workers},"
         f" with_engine=False, http={args.http!r}, loop={args.loop!r}))\n"
     )
@@ -243,6 +302,19 @@ def run_wrk(scenario: Scenario, args: argparse.Namespace) -> Result:
     )
 
 
+def stop_processes(
+    started: Callable[[], tuple[subprocess.Popen[bytes] | None, subprocess.Popen[bytes] | None]],
+) -> None:
+    """Stop the read API and nginx (whichever of them ``started()`` says are running)."""
+    server, nginx = started()
+    if server is not None and server.poll() is None:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+    if nginx is not None and nginx.poll() is None:
+        nginx.send_signal(signal.SIGQUIT)
+        nginx.wait(timeout=30)
+
+
 def process_tree(pid: int) -> list[int]:
     found = [pid]
     for task in Path(f"/proc/{pid}/task").glob("*"):
@@ -285,6 +357,16 @@ def main() -> int:
     parser.add_argument(
         "--loop", default="auto", help="uvicorn's event loop (auto, asyncio, uvloop)"
     )
+    parser.add_argument(
+        "--backend",
+        choices=("sqlite", "postgres", "pooler"),
+        default="sqlite",
+        help="the database the read API reads: the data folder's SQLite file, the local "
+        "Postgres, or the local Postgres through PgBouncer in transaction mode",
+    )
+    parser.add_argument(
+        "--postgres-port", type=int, default=5432, help="the local Postgres (trust, postgres)"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     for tool in ("wrk", "nginx"):
@@ -294,11 +376,13 @@ def main() -> int:
     work_dir = Path(tempfile.mkdtemp(prefix="opsdash-bench-"))
     server: subprocess.Popen[bytes] | None = None
     nginx: subprocess.Popen[bytes] | None = None
-    try:
-        print("syncing the demo world…", flush=True)
-        fixture = prepare(work_dir / "data")
+    with ExitStack() as stack:
+        sync_url, read_url = stack.enter_context(backend_urls(args.backend, args.postgres_port))
+        print(f"syncing the demo world ({args.backend})…", flush=True)
+        fixture = prepare(work_dir / "data", sync_url)
         api_port, nginx_port = free_port(), free_port()
-        server = start_server(work_dir / "data", api_port, args, work_dir / "server.log")
+        stack.callback(stop_processes, lambda: (server, nginx))
+        server = start_server(work_dir / "data", api_port, args, work_dir / "server.log", read_url)
         # nginx serves a copy of the same bytes from a folder its workers may read.
         static_root = work_dir / "static"
         static_file = static_root / "schedule.json"
@@ -332,13 +416,6 @@ def main() -> int:
             )
             print(f"  {scenario.name}: {spread}", flush=True)
         peaks = peak_rss_mb(server.pid)
-    finally:
-        if server is not None and server.poll() is None:
-            server.send_signal(signal.SIGTERM)
-            server.wait(timeout=30)
-        if nginx is not None and nginx.poll() is None:
-            nginx.send_signal(signal.SIGQUIT)
-            nginx.wait(timeout=30)
 
     nginx_rps = results[-1].requests_per_s
     report = {
@@ -355,6 +432,7 @@ def main() -> int:
             "date": fixture.date,
         },
         "workers": args.workers,
+        "backend": args.backend,
         "http": args.http,
         "loop": args.loop,
         "results": [asdict(result) for result in results],
@@ -382,6 +460,7 @@ def print_report(report: dict[str, Any], nginx_rps: float) -> None:
     print(
         f"{machine['cpus']} CPUs, Python {machine['python']}, uvloop={machine['uvloop']}, "
         f"httptools={machine['httptools']}, read API workers={report['workers']}, "
+        f"backend={report['backend']}, "
         f"http={report['http']}, loop={report['loop']}"
     )
     print(
