@@ -1,4 +1,4 @@
-"""Entry points: the console, `--serve`, `sync`, `worker`, `token` and `demo-upstream`."""
+"""Entry points: the console, `--serve`, `web`, `sync`, `worker`, `token` and `demo-upstream`."""
 
 from __future__ import annotations
 
@@ -38,6 +38,10 @@ def _parse_port(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port (1-65535)")
     return int(text)
+
+
+def _parse_any_port(text: str) -> int:
+    return 0 if text == "0" else _parse_port(text)
 
 
 def _parse_ttl(text: str) -> timedelta:
@@ -108,6 +112,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="lifetime such as 30m or 8h (default 1h, at most 24h)",
     )
 
+    web = commands.add_parser(
+        "web",
+        help="serve the console to browsers, behind a sign-in",
+        description="Serve the operator console in a browser (one console process per open "
+        "page), for the operators added with `opsdash operators add`.",
+    )
+    web.add_argument("--host", dest="web_host", default="127.0.0.1", help="address to bind")
+    web.add_argument("--port", dest="web_port", type=_parse_port, default=8080, help="port to bind")
+
     commands.add_parser("migrate", help="bring the database schema up to date")
     alerts = commands.add_parser("alerts", help="alert channels (`alerts test`)")
     from opsdash import cli_alerts
@@ -155,6 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "token": _token,
             "verify": _verify,
             "migrate": _migrate,
+            "web": _web,
         }
         return commands[args.command](settings, args)
     except ValidationError as error:
@@ -198,6 +212,15 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         workers=args.workers,
         with_engine=not args.no_engine,
     )
+
+
+def _web(settings: Settings, args: argparse.Namespace) -> int:
+    from opsdash.web.launch import WebConfigError, run_web
+
+    try:
+        return run_web(settings, host=args.web_host, port=args.web_port)
+    except WebConfigError as error:
+        raise CliError(str(error)) from None
 
 
 def _wait_for_signal() -> threading.Event:

@@ -10,6 +10,7 @@ data folder, and the demo upstream on a loopback port.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from enum import StrEnum
 from pathlib import Path
@@ -141,6 +142,22 @@ class Settings(BaseSettings):
     alert_interval_s: float = Field(default=30.0, gt=0)
     """How often alert conditions are evaluated and the outbox is delivered."""
 
+    web_max_sessions: int = Field(default=8, ge=1)
+    """How many browser consoles ``opsdash web`` runs at once (each is a console process)."""
+    web_session_hours: float = Field(default=12.0, gt=0)
+    """How long a browser sign-in lasts (sign-out or restarting ``opsdash web`` ends it sooner)."""
+    web_signin_failures: int = Field(default=5, ge=1)
+    """Failed sign-ins allowed per client address and per name in ``web_signin_window_s``."""
+    web_signin_window_s: float = Field(default=300.0, gt=0)
+    """The window over which failed sign-ins are counted; a blocked client waits out its rest."""
+    web_trusted_proxy: str | None = None
+    """The one peer address whose X-Forwarded-For/-Proto/-Host headers ``opsdash web``
+    believes; unset: none (the TCP peer is the client)."""
+    web_tls_cert: Path | None = None
+    """A PEM certificate chain for ``opsdash web`` to serve https itself (with ``web_tls_key``)."""
+    web_tls_key: Path | None = None
+    """The private key of ``web_tls_cert``."""
+
     @field_validator("alert_email_to", mode="before")
     @classmethod
     def _one_or_many_addresses(cls, value: object) -> object:
@@ -150,6 +167,14 @@ class Settings(BaseSettings):
                 return json.loads(value)
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("web_trusted_proxy")
+    @classmethod
+    def _proxy_address(cls, address: str | None) -> str | None:
+        # Compared with the TCP peer's address, so it must be one, not a host name.
+        if address is None or not address.strip():
+            return None
+        return str(ipaddress.ip_address(address.strip()))
 
     @field_validator("database_url")
     @classmethod
