@@ -418,7 +418,9 @@ def _harden(response: web.StreamResponse) -> None:
     headers = response.headers
     headers.setdefault("X-Frame-Options", "DENY")
     headers.setdefault("X-Content-Type-Options", "nosniff")
-    headers.setdefault("Referrer-Policy", "no-referrer")
+    # Not "no-referrer": under it a browser sends "Origin: null" with the sign-in form,
+    # and the origin check would refuse every sign-in.
+    headers.setdefault("Referrer-Policy", "same-origin")
     headers.setdefault("Cache-Control", "no-store")
 
 
