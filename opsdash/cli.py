@@ -119,7 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
         "page), for the operators added with `opsdash operators add`.",
     )
     web.add_argument("--host", dest="web_host", default="127.0.0.1", help="address to bind")
-    web.add_argument("--port", dest="web_port", type=_parse_port, default=8080, help="port to bind")
+    web.add_argument(
+        "--port",
+        dest="web_port",
+        type=_parse_any_port,
+        default=8080,
+        help="port to bind (0: any free port, printed at start)",
+    )
 
     commands.add_parser("migrate", help="bring the database schema up to date")
     alerts = commands.add_parser("alerts", help="alert channels (`alerts test`)")

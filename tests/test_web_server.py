@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import ipaddress
 import re
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -235,7 +236,8 @@ def test_over_tls_the_cookie_is_secure(database_url: str, tmp_path: Path) -> Non
     with running_web(database_url, tmp_path, environment=settings) as web:
         assert web.url.startswith("https://127.0.0.1:")
         web.add_operator("alice", PASSWORD)
-        with httpx.Client(base_url=web.url, verify=str(cert)) as client:
+        trust = ssl.create_default_context(cafile=str(cert))
+        with httpx.Client(base_url=web.url, verify=trust) as client:
             response = sign_in(client, "alice", PASSWORD)
             assert response.status_code == 303
             assert {"secure", "httponly", "samesite=strict", "path=/"} <= set(
