@@ -28,18 +28,25 @@ supabase/storage's sources (``src/http/error-handler.ts``, ``src/internal/errors
 - listing (``storage.search``) matches the prefix case-insensitively with ``_`` and ``%``
   taken literally, walks names in ``lower(name) COLLATE "C"`` order, and folders that
   differ only in case merge into one entry spelled as the first name met;
+- ``list-v2`` without a delimiter (``POST /object/list-v2/{bucket}``) is a plain query
+  over ``storage.objects``: the prefix matched case-sensitively with ``_`` and ``%``
+  escaped (literal), names in ``name COLLATE "C"`` order, whole rows with full names, at
+  most 1,000 a page, paged by an opaque cursor (see :func:`list_objects_v2`);
 - bulk delete returns the deleted ``storage.objects`` rows (``owner``/``owner_id`` empty
   strings for a service key, ``version``, ``user_metadata``);
 - an unknown route is Fastify's own 404, with the path as storage sees it (behind the
   gateway, without ``/storage/v1``).
 
 ``faults`` makes it fail the way an unreachable, failing or stalled storage does, including
-the gateway's HTML 502 page. Not imitated: the gateway's own ``apikey`` check, signed URLs,
-image transforms, TUS, S3 and ``list-v2`` routes.
+the gateway's HTML 502 page. Every request is counted by method and route (:meth:`count`).
+Not imitated: the gateway's own ``apikey`` check, signed URLs, image transforms, TUS, S3,
+and ``list-v2`` with a delimiter or another sort order (the stand-in refuses those with
+HTTP 501 rather than answer them wrongly).
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import email.parser
 import email.policy
@@ -51,6 +58,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -347,6 +355,101 @@ def _file_entry(name: str, stored: StoredObject) -> dict[str, Any]:
     }
 
 
+# --- listing: list-v2 -----------------------------------------------------------------------
+
+# ObjectStorage.listObjectsV2: a page holds at most this many entries, whatever is asked.
+LIST_V2_MAX_KEYS = 1000
+
+
+class NotImitated(Exception):
+    """A request the stand-in does not answer the way the real server would."""
+
+
+def list_objects_v2(bucket: Bucket, body: dict[str, Any]) -> dict[str, Any]:
+    """``POST /object/list-v2/{bucket}`` without a delimiter, as v1.70.6 answers it.
+
+    Follows supabase/storage ``src/http/routes/object/listObjectsV2.ts`` (the body schema:
+    ``prefix``, ``limit`` ≥ 1, ``cursor``, ``with_delimiter``, ``sortBy``),
+    ``ObjectStorage.listObjectsV2`` in ``src/storage/object.ts`` (``limit`` capped at
+    1,000; one row more is fetched to learn whether there is a next page; the cursor is
+    base64 of ``l:<last name>``, with ``o:asc`` once a cursor was given) and the database
+    adapter's ``listObjectsV2`` (``bucket_id = $1 AND name LIKE escapeLike(prefix) || '%'``
+    ``AND name COLLATE "C" > <cursor's name> ORDER BY name COLLATE "C"``): the prefix is
+    matched case-sensitively and literally (``_``, ``%`` and ``\\`` escaped since the fix
+    to "escape wildcard characters for list"), and each object is its whole row with its
+    full name. The answer is ``{"hasNext", "nextCursor"?, "nextCursorKey"?, "folders": [],
+    "objects"}``, the two cursor fields only when there is a next page.
+    """
+    if body.get("with_delimiter") or body.get("sortBy"):
+        raise NotImitated("list-v2 with a delimiter or a sort order")
+    limit = min(_positive_limit(body.get("limit")) or LIST_V2_MAX_KEYS, LIST_V2_MAX_KEYS)
+    prefix = str(body.get("prefix") or "")
+    cursor = _decode_cursor(body["cursor"]) if body.get("cursor") else None
+    after = cursor["l"].encode() if cursor else None
+    names = sorted(
+        (
+            name
+            for name in bucket.objects
+            if name.startswith(prefix) and (after is None or name.encode() > after)
+        ),
+        key=str.encode,
+    )[: limit + 1]
+    page = names[:limit]
+    answer: dict[str, Any] = {"hasNext": len(names) > limit}
+    if answer["hasNext"]:
+        token = f"l:{page[-1]}" + ("\no:asc" if cursor else "")
+        answer["nextCursor"] = base64.b64encode(token.encode()).decode()
+        answer["nextCursorKey"] = page[-1]
+    answer["folders"] = []
+    answer["objects"] = [_object_row(name, bucket.objects[name]) for name in page]
+    return answer
+
+
+def _positive_limit(value: Any) -> int | None:
+    """The body schema's ``limit``: an integer, at least 1 (strings of digits are coerced)."""
+    if value is None:
+        return None
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise StorageError(400, "Error", "InvalidRequest", "body/limit must be integer")
+    if value < 1:
+        raise StorageError(400, "Error", "InvalidRequest", "body/limit must be >= 1")
+    return value
+
+
+def _decode_cursor(cursor: Any) -> dict[str, str]:
+    """``decodeContinuationToken``: an unreadable cursor is a plain ``Error``, so HTTP 500.
+
+    Node's base64 decoding never fails: it skips what is not base64 (and reads the URL-safe
+    alphabet too), stops at padding, and decodes bad UTF-8 as U+FFFD.
+    """
+    raw = str(cursor).split("=", 1)[0].replace("-", "+").replace("_", "/")
+    raw = re.sub(r"[^A-Za-z0-9+/]", "", raw)
+    raw = raw[: len(raw) - 1] if len(raw) % 4 == 1 else raw
+    text = base64.b64decode(raw + "=" * (-len(raw) % 4)).decode(errors="replace")
+    parts: dict[str, str] = {"o": "asc"}
+    for part in text.split("\n"):
+        match = re.match(r"^(\S):(.*)", part)
+        if not match or match.group(1) not in {"l", "o", "c", "a"}:
+            raise rendered_status(500)
+        parts[match.group(1)] = match.group(2)
+    parts.setdefault("l", "")
+    return parts
+
+
+def _object_row(name: str, stored: StoredObject) -> dict[str, Any]:
+    """The columns list-v2 selects from ``storage.objects``; ``name`` is the full key."""
+    return {
+        "id": stored.id,
+        "name": name,
+        "metadata": stored.metadata(),
+        "updated_at": _iso(stored.updated_at),
+        "created_at": _iso(stored.created_at),
+        "last_accessed_at": _iso(stored.created_at),
+    }
+
+
 # --- uploads --------------------------------------------------------------------------------
 
 
@@ -403,6 +506,7 @@ class SupabaseStorageStandIn:
         self._thread: threading.Thread | None = None
         self._port = 0
         self._closing = threading.Event()  # set by stop(): stalled requests give up
+        self.calls: Counter[tuple[str, str]] = Counter()  # (method, route) → requests
 
     # -- keys ------------------------------------------------------------------------------
 
@@ -473,10 +577,25 @@ class SupabaseStorageStandIn:
             bucket = self.buckets.get(bucket_id)
             return bucket.objects.get(name) if bucket else None
 
+    def count(self, method: str | None = None, route: str | None = None) -> int:
+        """Requests received (answered or not), by method and route such as ``object/list-v2``."""
+        with self._lock:
+            return sum(
+                n
+                for (m, r), n in self.calls.items()
+                if (method is None or m == method) and (route is None or r == route)
+            )
+
+    def reset_counts(self) -> None:
+        with self._lock:
+            self.calls.clear()
+
     # -- routing ---------------------------------------------------------------------------
 
     def handle(self, request: Request) -> Reply | None:
         """The reply to one request; ``None`` drops the connection unanswered."""
+        with self._lock:
+            self.calls[(request.method, _route_name(request.path))] += 1
         while self.faults.stall and not self._closing.is_set():
             time.sleep(0.02)  # hangs like a storage whose database stopped answering
         if self.faults.drop_connections:
@@ -493,6 +612,8 @@ class SupabaseStorageStandIn:
                 return self._route(request)
         except StorageError as error:
             return Reply.json(error.body(), error.http_status)
+        except NotImitated as error:
+            return Reply.json({"message": f"not imitated by the stand-in: {error}"}, 501)
 
     def _route(self, request: Request) -> Reply:
         method, parts = request.method, request.path.split("/")
@@ -509,6 +630,8 @@ class SupabaseStorageStandIn:
         method = request.method
         if method == "POST" and parts[0] == "list" and len(parts) == 2:
             return self._list(request, parts[1])
+        if method == "POST" and parts[0] == "list-v2" and len(parts) == 2:
+            return self._list_v2(request, parts[1])
         if method == "GET" and parts[0] == "authenticated" and len(parts) >= 3:
             caller = self._caller(request)
             return self._download(caller, parts[1], "/".join(parts[2:]))
@@ -598,6 +721,16 @@ class SupabaseStorageStandIn:
             return Reply.json([])  # no rows match: an unknown or hidden bucket lists as empty
         return Reply.json(search(bucket, body))
 
+    def _list_v2(self, request: Request, bucket_id: str) -> Reply:
+        caller = self._caller(request)
+        body = request.json()
+        bucket = self.buckets.get(bucket_id)
+        if bucket is None or not (bucket.public or caller.bypasses_row_level_security):
+            # The route never looks the bucket up: an unknown bucket, or objects hidden by
+            # row-level security, is a query that finds no rows.
+            bucket = Bucket(bucket_id, public=False)
+        return Reply.json(list_objects_v2(bucket, body))
+
     def _delete_one(self, request: Request, bucket_id: str, name: str) -> Reply:
         caller = self._caller(request)
         bucket = self.buckets.get(bucket_id)
@@ -674,6 +807,16 @@ class SupabaseStorageStandIn:
         traceback: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def _route_name(path: str) -> str:
+    """The route a request path belongs to: ``bucket``, ``object/list-v2``, ``object``…"""
+    parts = path.split("/")
+    if parts[:1] == ["object"] and len(parts) > 2 and parts[1] in {"list", "list-v2"}:
+        return "/".join(parts[:2])
+    if parts[:1] == ["object"] and len(parts) > 2 and parts[1] == "authenticated":
+        return "object/authenticated"
+    return parts[0]
 
 
 def _route_not_found(request: Request) -> Reply:

@@ -10,6 +10,7 @@ ends in BlobStoreUnavailable naming the service role key, never in BlobNotFound.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import time
 import uuid
@@ -271,6 +272,72 @@ def test_stand_in_merges_folders_differing_in_case_and_sorts_in_lower_case(
     # One walk in lower(name) order: folders and files together, a folder spelled as the
     # first name met in it ("Beta/1.json" sorts before "beta/2.json" in bytes).
     assert _names(storage, "") == ["a.json", "alpha", "B.json", "Beta", "Zulu"]
+
+
+def _list_v2(storage: SupabaseStorageStandIn, key: str | None = None, **body: Any) -> Any:
+    return call_api(storage, "POST", f"object/list-v2/{BUCKET}", key=key, json=body).json()
+
+
+def test_stand_in_list_v2_matches_prefixes_case_sensitively_and_literally(
+    storage: SupabaseStorageStandIn,
+) -> None:
+    storage.create_bucket(BUCKET)
+    names = ["acme_co/a.json", "acmeXco/b.json", "ACME_CO/c.json", "50%/d.json", "50x/e.json"]
+    for name in names:
+        storage.put_object(BUCKET, name, b"{}")
+    # Unlike list (v1), list-v2 is a LIKE on the name with "_" and "%" escaped: the prefix
+    # is taken as it is written, case included, and names come whole, in byte order.
+    assert [o["name"] for o in _list_v2(storage, prefix="acme_co")["objects"]] == [names[0]]
+    assert [o["name"] for o in _list_v2(storage, prefix="50%")["objects"]] == [names[3]]
+    everything = _list_v2(storage)["objects"]
+    assert [o["name"] for o in everything] == sorted(names, key=str.encode)
+
+
+def test_stand_in_list_v2_pages_by_cursor_at_most_1000_at_a_time(
+    storage: SupabaseStorageStandIn,
+) -> None:
+    storage.create_bucket(BUCKET)
+    names = [f"1001/2026-12-01/{n:04d}.json" for n in range(1003)]
+    for name in names:
+        storage.put_object(BUCKET, name, b"{}")
+    first = _list_v2(storage, prefix="1001/", limit=5000)  # capped at 1,000
+    assert first["hasNext"] is True and len(first["objects"]) == 1000
+    assert first["nextCursorKey"] == names[999]
+    assert base64.b64decode(first["nextCursor"]) == f"l:{names[999]}".encode()
+    second = _list_v2(storage, prefix="1001/", limit=2, cursor=first["nextCursor"])
+    assert [o["name"] for o in second["objects"]] == names[1000:1002]
+    # A cursor handed out for a cursor carries the sort order too.
+    assert base64.b64decode(second["nextCursor"]) == f"l:{names[1001]}\no:asc".encode()
+    last = _list_v2(storage, prefix="1001/", limit=2, cursor=second["nextCursor"])
+    assert last == {"hasNext": False, "folders": [], "objects": last["objects"]}
+    assert [o["name"] for o in last["objects"]] == names[1002:]
+
+
+def test_stand_in_list_v2_answers_shapes_and_errors_as_the_real_server(
+    storage: SupabaseStorageStandIn,
+) -> None:
+    storage.create_bucket(BUCKET)
+    created = upload(storage, PATH).json()
+    [row] = _list_v2(storage, prefix="1001/")["objects"]
+    assert set(row) == {"id", "name", "metadata", "updated_at", "created_at", "last_accessed_at"}
+    assert (row["id"], row["name"]) == (created["Id"], PATH)
+    assert row["metadata"]["size"] == len(DOCUMENT)
+    # Row-level security hides a private bucket's objects from other keys; an unknown
+    # bucket is a query that finds no rows. Neither is an error.
+    empty = {"hasNext": False, "folders": [], "objects": []}
+    assert _list_v2(storage, key=storage.mint_key("anon"), prefix="1001/") == empty
+    unknown = call_api(storage, "POST", "object/list-v2/no-such-bucket", json={})
+    assert unknown.json() == empty
+    refused = call_api(
+        storage, "POST", f"object/list-v2/{BUCKET}", key=storage.mint_key(secret="x" * 40)
+    )
+    assert (refused.status_code, refused.json()["code"]) == (400, "AccessDenied")
+    no_header = httpx.post(f"{storage.url}/storage/v1/object/list-v2/{BUCKET}", json={})
+    assert no_header.json()["code"] == "InvalidRequest"
+    assert _list_v2(storage, limit=0)["message"] == "body/limit must be >= 1"
+    bad_cursor = call_api(storage, "POST", f"object/list-v2/{BUCKET}", json={"cursor": "eDp5"})
+    assert (bad_cursor.status_code, bad_cursor.json()["error"]) == (500, "Internal")
+    assert storage.count("POST", "object/list-v2") == 7
 
 
 def test_stand_in_success_answers_have_the_real_shapes(storage: SupabaseStorageStandIn) -> None:
