@@ -150,6 +150,14 @@ class Settings(BaseSettings):
     """Failed sign-ins allowed per client address and per name in ``web_signin_window_s``."""
     web_signin_window_s: float = Field(default=300.0, gt=0)
     """The window over which failed sign-ins are counted; a blocked client waits out its rest."""
+    web_shared_reads: bool = True
+    """Browser consoles read through one refresh in the ``opsdash web`` process (each read
+    at most once per ``web_refresh_s``) instead of each querying the database itself."""
+    web_refresh_s: float = Field(default=1.0, gt=0)
+    """How often the shared reads of browser consoles run at most (the console polls each
+    second)."""
+    shared_reads_socket: Path | None = None
+    """Set by ``opsdash web`` for its consoles: where its shared reads answer."""
     web_trusted_proxy: str | None = None
     """The one peer address whose X-Forwarded-For/-Proto/-Host headers ``opsdash web``
     believes; unset: none (the TCP peer is the client)."""

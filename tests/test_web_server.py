@@ -310,6 +310,8 @@ def test_each_console_runs_as_its_signed_in_operator(database_url: str, tmp_path
         assert len(consoles) == 1
         assert consoles[0]["OPSDASH_OPERATOR"] == "alice"
         assert consoles[0]["OPSDASH_CONSOLE"] == "web"
+        # Its screens read through the server's one refresh.
+        assert Path(consoles[0]["OPSDASH_SHARED_READS_SOCKET"]).is_socket()
         wait_until(lambda: web.consoles() == [], what="the console process to exit")
 
 

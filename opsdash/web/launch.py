@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 from opsdash.config import Settings
 from opsdash.engine import operators
-from opsdash.engine.db import connect
+from opsdash.engine.db import Database, connect
 from opsdash.engine.schema import ensure_schema
+from opsdash.engine.sqltypes import utcnow
+from opsdash.shared_reads import SharedReadServer
 from opsdash.web.server import ConsoleServer, WebOptions, serve, tls_context
 
 log = logging.getLogger("opsdash.web")
@@ -19,7 +26,7 @@ class WebConfigError(ValueError):
     """Settings that ``opsdash web`` cannot start with."""
 
 
-def options_from(settings: Settings) -> WebOptions:
+def options_from(settings: Settings, console_environment: dict[str, str]) -> WebOptions:
     if (settings.web_tls_cert is None) != (settings.web_tls_key is None):
         raise WebConfigError("OPSDASH_WEB_TLS_CERT and OPSDASH_WEB_TLS_KEY go together")
     context = None
@@ -32,29 +39,48 @@ def options_from(settings: Settings) -> WebOptions:
         signin_window_s=settings.web_signin_window_s,
         trusted_proxy=settings.web_trusted_proxy,
         ssl_context=context,
+        console_environment=console_environment,
     )
 
 
+@contextmanager
+def shared_reads(settings: Settings, db: Database) -> Iterator[dict[str, str]]:
+    """The one refresh the browser consoles read through; what tells them where it is."""
+    if not settings.web_shared_reads:
+        yield {}
+        return
+    folder = Path(tempfile.mkdtemp(prefix="opsdash-web-"))  # this user only (0700)
+    server = SharedReadServer(
+        db, settings, folder / "reads.sock", interval_s=settings.web_refresh_s, clock=utcnow
+    )
+    server.start()
+    try:
+        yield {"OPSDASH_SHARED_READS_SOCKET": str(server.socket_path)}
+    finally:
+        server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def run_web(settings: Settings, *, host: str, port: int) -> int:
-    options = options_from(settings)
     db = connect(settings.effective_database_url, pooler=settings.db_pooler)
     try:
         ensure_schema(db)
-        server = ConsoleServer(
-            verify=lambda name, password: operators.verify_operator(db, name, password),
-            lookup=lambda name: operators.find_operator(db, name),
-            options=options,
-            host=host,
-            port=port,
-        )
+        with shared_reads(settings, db) as console_environment:
+            server = ConsoleServer(
+                verify=lambda name, password: operators.verify_operator(db, name, password),
+                lookup=lambda name: operators.find_operator(db, name),
+                options=options_from(settings, console_environment),
+                host=host,
+                port=port,
+            )
 
-        def ready(urls: list[str]) -> None:
-            # One line a script (or a test) can wait for.
-            print(f"opsdash web: serving the console on {' '.join(urls)}", flush=True)
-            if not operators.list_operators(db):
-                log.warning("no operators yet: add one with `opsdash operators add NAME`")
+            def ready(urls: list[str]) -> None:
+                # One line a script (or a test) can wait for.
+                print(f"opsdash web: serving the console on {' '.join(urls)}", flush=True)
+                if not operators.list_operators(db):
+                    log.warning("no operators yet: add one with `opsdash operators add NAME`")
 
-        asyncio.run(serve(server, ready=ready))
+            asyncio.run(serve(server, ready=ready))
     finally:
         db.dispose()
     print("opsdash web: stopped", file=sys.stderr)

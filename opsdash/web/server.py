@@ -54,8 +54,8 @@ CONCURRENT_CHECKS = 2
 SESSION_KEY = web.RequestKey("session", WebSession)
 CLIENT_KEY = web.RequestKey("client", Client)
 
-# What a console of a browser session must not inherit from this process's environment.
-OPERATOR_VARIABLES = ("OPSDASH_OPERATOR", "OPSDASH_CONSOLE")
+# What a console of a browser session gets from this server only, never by inheritance.
+SET_HERE_ONLY = ("OPSDASH_OPERATOR", "OPSDASH_CONSOLE", "OPSDASH_SHARED_READS_SOCKET")
 
 
 class SignedIn(Protocol):
@@ -101,7 +101,7 @@ class OperatorAppService(AppService):
 
     def _build_environment(self, width: int = 80, height: int = 24) -> dict[str, str]:
         environment = super()._build_environment(width=width, height=height)
-        for name in OPERATOR_VARIABLES:
+        for name in SET_HERE_ONLY:
             environment.pop(name, None)
         environment.update(self._extra_environment)
         environment["OPSDASH_OPERATOR"] = self.operator

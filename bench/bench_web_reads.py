@@ -1,0 +1,195 @@
+"""Database statements per console refresh with 1 and with 5 open browser consoles.
+
+    .venv/bin/python bench/bench_web_reads.py [--window 20] [--sessions 1 5]
+
+Starts a PostgreSQL cluster of its own with ``pg_stat_statements`` loaded (the shared
+server on 5432 does not load it), migrates it, fills it with a demo sync
+(``opsdash sync --wait``: 6 companies x 7 days), and adds an operator. Then, for each
+number of sessions and with the shared reads on and off (``OPSDASH_WEB_SHARED_READS``),
+starts ``opsdash web``, signs in, opens that many consoles over websockets (each a real
+console process showing the jobs screen, which refreshes every second), waits until
+every console has drawn its screen, resets ``pg_stat_statements``, and counts the
+statements the database ran during the window: all of them, and those of the
+``background_jobs`` reads the jobs screen makes.
+
+The consoles run with ``OPSDASH_WORKERS=0``: the counts are what viewing costs, not
+what workers polling for jobs cost (each console that runs workers adds its own polls).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+import httpx
+import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from opsdash.engine import operators
+from opsdash.engine.db import connect, create_schema
+from tests.pgcluster import PgCluster
+from tests.web_server import running_web
+
+PASSWORD = "bench password"
+DRAWN_BYTES = 2000
+
+
+def bench_dsn(cluster: PgCluster) -> str:
+    return cluster.dsn.rsplit("/", 1)[0] + "/bench"
+
+
+def prepare(cluster: PgCluster, folder: Path) -> str:
+    with psycopg.connect(cluster.dsn, autocommit=True) as conn:
+        conn.execute("CREATE DATABASE bench")
+    with psycopg.connect(bench_dsn(cluster), autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION pg_stat_statements")
+    url = cluster.url.rsplit("/", 1)[0] + "/bench"
+    db = connect(url)
+    try:
+        create_schema(db)
+        operators.add_operator(db, "viewer", PASSWORD)
+    finally:
+        db.dispose()
+    environment = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("OPSDASH_", "SUPABASE_", "MAIDCENTRAL_", "DATABASE_URL"))
+    }
+    environment.update(
+        {
+            "DATABASE_URL": url,
+            "OPSDASH_DATA_DIR": str(folder / "data"),
+            "OPSDASH_BLOB_BACKEND": "local",
+        }
+    )
+    subprocess.run(
+        [sys.executable, "-m", "opsdash", "sync", "--wait"],
+        env=environment,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    return url
+
+
+def counts(cluster: PgCluster) -> tuple[int, int]:
+    """(all statements, statements reading background_jobs) run in the bench database."""
+    with psycopg.connect(cluster.dsn) as conn:
+        row = conn.execute(
+            "SELECT coalesce(sum(calls), 0),"
+            " coalesce(sum(calls) FILTER (WHERE query ILIKE 'SELECT%background_jobs%'), 0)"
+            " FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid"
+            " WHERE d.datname = 'bench'"
+        ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+def reset(cluster: PgCluster) -> None:
+    with psycopg.connect(cluster.dsn) as conn:
+        conn.execute("SELECT pg_stat_statements_reset()")
+
+
+async def open_consoles(url: str, token: str, sessions: int) -> list[object]:
+    client = aiohttp.ClientSession()
+    sockets = []
+    for _ in range(sessions):
+        websocket = await client.ws_connect(
+            url.replace("http", "ws", 1) + "/ws?width=140&height=44",
+            headers={"Cookie": f"opsdash_session={token}"},
+        )
+        received = 0
+        while received < DRAWN_BYTES:
+            message = await websocket.receive(timeout=120)
+            if message.type != aiohttp.WSMsgType.BINARY:
+                raise RuntimeError(f"console closed before drawing: {message}")
+            received += len(message.data)
+        sockets.append(websocket)
+    return [client, *sockets]
+
+
+async def drain(sockets: list[object], seconds: float) -> None:
+    """Keep reading the consoles' output for ``seconds`` (so none stalls on a full pipe)."""
+    deadline = time.monotonic() + seconds
+
+    async def read(websocket: aiohttp.ClientWebSocketResponse) -> None:
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                await websocket.receive(timeout=left)
+            except TimeoutError:
+                return
+
+    await asyncio.gather(*(read(ws) for ws in sockets))  # type: ignore[arg-type]
+
+
+async def close(opened: list[object]) -> None:
+    client, *sockets = opened
+    for websocket in sockets:
+        await websocket.close()  # type: ignore[attr-defined]
+    await client.close()  # type: ignore[attr-defined]
+
+
+def measure(
+    cluster: PgCluster, url: str, folder: Path, *, sessions: int, shared: bool, window: float
+) -> tuple[float, float]:
+    run_dir = Path(tempfile.mkdtemp(dir=folder))
+    settings = {
+        "OPSDASH_WEB_SHARED_READS": "true" if shared else "false",
+        "OPSDASH_WEB_MAX_SESSIONS": str(max(8, sessions)),
+        "OPSDASH_WORKERS": "0",
+    }
+    with running_web(url, run_dir, environment=settings) as web:
+        with httpx.Client(base_url=web.url) as client:
+            client.post("/login", data={"username": "viewer", "password": PASSWORD})
+            token = client.cookies["opsdash_session"]
+
+        async def run() -> tuple[int, int]:
+            opened = await open_consoles(web.url, token, sessions)
+            await drain(opened[1:], 3.0)  # every console past its first refreshes
+            reset(cluster)
+            await drain(opened[1:], window)
+            measured = counts(cluster)
+            await close(opened)
+            return measured
+
+        total, jobs = asyncio.run(run())
+    return total / window, jobs / window
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--window", type=float, default=20.0, help="seconds counted")
+    parser.add_argument("--sessions", type=int, nargs="+", default=[1, 5])
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder_name:
+        folder = Path(folder_name)
+        with PgCluster.create(shared_preload_libraries="pg_stat_statements") as cluster:
+            url = prepare(cluster, folder)
+            print(
+                f"statements per second in the database (consoles refresh every second; "
+                f"{args.window:g} s window, PostgreSQL, 6 companies)\n"
+            )
+            print("| open consoles | shared reads | all statements / s | jobs-table reads / s |")
+            print("| ---: | --- | ---: | ---: |")
+            for sessions in args.sessions:
+                for shared in (False, True):
+                    total, jobs = measure(
+                        cluster, url, folder, sessions=sessions, shared=shared, window=args.window
+                    )
+                    print(
+                        f"| {sessions} | {'on' if shared else 'off'} | {total:.1f} | {jobs:.1f} |",
+                        flush=True,
+                    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
