@@ -28,6 +28,6 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         )
         return 2
     results = send_test(channels, now=utcnow())
-    for channel, error in results.items():
-        print(f"{'✓' if error is None else '✗'} {channel}{'' if error is None else ': ' + error}")
-    return 0 if all(error is None for error in results.values()) else 1
+    for channel, failure in results.items():
+        print(f"✓ {channel}" if failure is None else f"✗ {channel}: {failure}")
+    return 0 if all(failure is None for failure in results.values()) else 1

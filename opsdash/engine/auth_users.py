@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -170,7 +171,7 @@ class AuthAdmin:
         page = 1
         while True:
             batch: list[User] = self._call(
-                lambda page=page: self._api.list_users(page=page, per_page=PAGE_SIZE)
+                partial(self._api.list_users, page=page, per_page=PAGE_SIZE)
             )
             users += [_auth_user(user, now) for user in batch]
             if len(batch) < PAGE_SIZE:
@@ -352,13 +353,13 @@ def reconcile(
             result.adopted += 1
 
     if wanted:  # an empty directory is more likely an upstream fault than everyone leaving
-        for user in by_id.values():
-            upstream_id = user.maidcentral_user_id
+        for auth_user in by_id.values():
+            upstream_id = auth_user.maidcentral_user_id
             departed = upstream_id is not None and upstream_id not in listed
-            if departed and not user.banned and user.id not in claimed:
+            if departed and not auth_user.banned and auth_user.id not in claimed:
                 ban: AdminUserAttributes = {"ban_duration": BAN_DURATION}
-                email = user.email or str(user.id)
-                actions.append(_update_action(admin, email, user.id, ban, ["banned"]))
+                email = auth_user.email or str(auth_user.id)
+                actions.append(_update_action(admin, email, auth_user.id, ban, ["banned"]))
 
     _run_bounded(actions, admin.concurrency, result, fail)
     return result

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from sqlalchemy import not_, update
 
 from opsdash.engine.db import Database
-from opsdash.engine.models import Company
+from opsdash.engine.models import Company, table_of
 from opsdash.engine.sqltypes import utcnow
 from opsdash.privacy import overrides_for
 
@@ -27,7 +27,7 @@ __all__ = [
     "toggle_sync_enabled",
 ]
 
-COMPANIES = Company.__table__  # type: ignore[attr-defined]
+COMPANIES = table_of(Company)
 
 
 class UnknownCompany(LookupError):

@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from opsdash.engine import ledger, queue
 from opsdash.engine.db import Database
-from opsdash.engine.models import Company
+from opsdash.engine.models import Company, table_of
 from opsdash.engine.sqltypes import utcnow
 
 log = logging.getLogger("opsdash.coordinator")
@@ -67,7 +67,7 @@ class SyncTarget:
 
 def syncable_companies(db: Database, company_id: uuid.UUID | None = None) -> list[SyncTarget]:
     """Enabled companies: only the two columns planning needs (thousands of rows, hourly)."""
-    companies = Company.__table__.c  # type: ignore[attr-defined]
+    companies = table_of(Company).c
     query = select(companies.id, companies.service_company_id, companies.timezone).where(
         companies.sync_enabled, companies.portal_enabled
     )

@@ -35,12 +35,12 @@ from sqlalchemy import func, select, type_coerce
 from opsdash.config import Settings
 from opsdash.engine.coordinator import local_days
 from opsdash.engine.db import Database
-from opsdash.engine.models import BackgroundJob, Company, JobStatus, JobType, ScheduleData
+from opsdash.engine.models import BackgroundJob, Company, JobStatus, JobType, ScheduleData, table_of
 from opsdash.engine.sqltypes import UTCDateTime
 
-COMPANIES = Company.__table__  # type: ignore[attr-defined]
-SCHEDULES = ScheduleData.__table__  # type: ignore[attr-defined]
-J = BackgroundJob.__table__.c  # type: ignore[attr-defined]
+COMPANIES = table_of(Company)
+SCHEDULES = table_of(ScheduleData)
+J = table_of(BackgroundJob).c
 
 # How far back the latest attempt at a day is looked for (created_at index range).
 ATTEMPT_WINDOW = timedelta(hours=24)

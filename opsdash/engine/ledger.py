@@ -17,8 +17,9 @@ import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import case, delete, distinct, func, insert, select, update
+from sqlalchemy import Row, case, delete, distinct, func, insert, select, update
 from sqlalchemy.sql.functions import coalesce
 
 from opsdash.engine.db import Database
@@ -28,13 +29,14 @@ from opsdash.engine.models import (
     JobStatus,
     JobType,
     SyncRunRecord,
+    table_of,
 )
 from opsdash.engine.sqltypes import utcnow
 
 log = logging.getLogger("opsdash.ledger")
 
-RUNS = SyncRunRecord.__table__  # type: ignore[attr-defined]
-J = BackgroundJob.__table__.c  # type: ignore[attr-defined]
+RUNS = table_of(SyncRunRecord)
+J = table_of(BackgroundJob).c
 R = RUNS.c
 
 # A run's jobs are created with it; this slack keeps the lookup on the created_at index.
@@ -173,6 +175,6 @@ def history(db: Database, *, limit: int = HISTORY_LIMIT) -> list[RunSummary]:
     return [_summary(row) for row in rows]
 
 
-def _summary(row: object) -> RunSummary:
-    values = row._mapping  # type: ignore[attr-defined]
+def _summary(row: Row[Any]) -> RunSummary:
+    values = row._mapping
     return RunSummary(**{name: values[name] for name in RunSummary.__dataclass_fields__})

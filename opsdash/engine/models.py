@@ -7,7 +7,7 @@ from datetime import date, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Column, Index, UniqueConstraint, text
+from sqlalchemy import Column, Index, Table, UniqueConstraint, inspect, text
 from sqlmodel import Field, SQLModel
 
 from opsdash.engine.sqltypes import JSONType, UTCDateTime, utcnow
@@ -318,6 +318,18 @@ class OperatorAudit(SQLModel, table=True):
     detail: str | None = None
 
 
+def table_of(model: type[SQLModel]) -> Table:
+    """The Core table behind ``model``, for queries that select columns rather than objects.
+
+    SQLModel sets ``__table__`` on a table model without declaring it, so the type checker
+    cannot see it; the mapper's table is the same object, checked here once per module.
+    """
+    table = inspect(model).local_table
+    if not isinstance(table, Table):
+        raise TypeError(f"{model.__name__} is not a table model")
+    return table
+
+
 __all__ = [
     "ACTIVE_STATUSES",
     "FINISHED_STATUSES",
@@ -335,4 +347,5 @@ __all__ = [
     "SyncRunRecord",
     "UserProfile",
     "date",
+    "table_of",
 ]

@@ -30,7 +30,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from opsdash.engine import audit, companies
 from opsdash.engine.audit import ConsoleKind, Result
 from opsdash.engine.coordinator import SyncRun
-from opsdash.engine.models import BackgroundJob, Company
+from opsdash.engine.models import BackgroundJob, Company, table_of
 from opsdash.engine.operators import Operator
 from opsdash.engine.runtime import Engine
 
@@ -39,8 +39,8 @@ log = logging.getLogger("opsdash.operator")
 __all__ = ["Action", "ActionRefused", "OperatorActions"]
 
 T = TypeVar("T")
-COMPANIES = Company.__table__.c  # type: ignore[attr-defined]
-JOBS = BackgroundJob.__table__.c  # type: ignore[attr-defined]
+COMPANIES = table_of(Company).c
+JOBS = table_of(BackgroundJob).c
 
 
 class Action(StrEnum):
@@ -255,8 +255,8 @@ class OperatorActions:
             with self.engine.db.read() as conn:
                 row = conn.execute(
                     select(JOBS.job_type, JOBS.params, COMPANIES.service_company_id)
-                    .select_from(BackgroundJob.__table__)  # type: ignore[attr-defined]
-                    .outerjoin(Company.__table__, COMPANIES.id == JOBS.company_id)  # type: ignore[attr-defined]
+                    .select_from(table_of(BackgroundJob))
+                    .outerjoin(table_of(Company), COMPANIES.id == JOBS.company_id)
                     .where(JOBS.id == job_id)
                 ).first()
         except SQLAlchemyError:

@@ -23,7 +23,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from opsdash.engine.db import Database
-from opsdash.engine.models import OperatorRecord
+from opsdash.engine.models import OperatorRecord, table_of
 from opsdash.engine.sqltypes import utcnow
 
 log = logging.getLogger("opsdash.operators")
@@ -43,7 +43,7 @@ __all__ = [
     "verify_operator",
 ]
 
-OPERATORS = OperatorRecord.__table__  # type: ignore[attr-defined]
+OPERATORS = table_of(OperatorRecord)
 OP = OPERATORS.c
 
 # Names travel in a sign-in form, an environment variable and the audit trail: keep them plain.

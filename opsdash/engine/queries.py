@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, and_, case, func, or_, select, text
+from sqlalchemy import Select, case, func, or_, select, text
 
 from opsdash.engine.db import Database
 from opsdash.engine.models import (
@@ -28,14 +28,15 @@ from opsdash.engine.models import (
     Role,
     ScheduleData,
     UserProfile,
+    table_of,
 )
 from opsdash.privacy import effective_toggles
 
-JOBS = BackgroundJob.__table__  # type: ignore[attr-defined]
-COMPANIES = Company.__table__  # type: ignore[attr-defined]
-STATS = JobStat.__table__  # type: ignore[attr-defined]
-SCHEDULES = ScheduleData.__table__  # type: ignore[attr-defined]
-PROFILES = UserProfile.__table__  # type: ignore[attr-defined]
+JOBS = table_of(BackgroundJob)
+COMPANIES = table_of(Company)
+STATS = table_of(JobStat)
+SCHEDULES = table_of(ScheduleData)
+PROFILES = table_of(UserProfile)
 J = JOBS.c
 
 JOBS_PAGE_LIMIT = 200
@@ -280,12 +281,12 @@ def throughput(db: Database, *, now: datetime, hours: int = 24) -> HourlyThrough
     finished: Counter[datetime] = Counter()
     failed: Counter[datetime] = Counter()
     with db.read() as conn:
-        for stat in conn.execute(
+        for hour, status, count in conn.execute(
             select(STATS.c.hour, STATS.c.status, STATS.c.count).where(STATS.c.hour >= first_hour)
         ):
-            finished[_hour(stat.hour)] += stat.count
-            if stat.status == JobStatus.FAILED:
-                failed[_hour(stat.hour)] += stat.count
+            finished[_hour(hour)] += count
+            if status == JobStatus.FAILED:
+                failed[_hour(hour)] += count
         bucket = _hour_bucket(J.completed_at, buckets).label("bucket")
         live = conn.execute(
             select(bucket, J.status, func.count())
@@ -336,7 +337,7 @@ def run_progress(db: Database, *, now: datetime) -> RunProgress | None:
         if oldest_active is None:
             return None
         since = max(oldest_active, now - RUN_WINDOW)
-        by_status = dict(
+        by_status: dict[str, int] = dict(
             conn.execute(
                 select(J.status, func.count()).where(J.created_at >= since).group_by(J.status)
             ).all()
@@ -541,27 +542,6 @@ def stored_days(
         )
         for row in rows
     ]
-
-
-def stored_day(db: Database, company_id: uuid.UUID, day: date) -> StoredDay | None:
-    query = select(SCHEDULES).where(
-        and_(SCHEDULES.c.company_id == company_id, SCHEDULES.c.date == day)
-    )
-    with db.read() as conn:
-        row = conn.execute(query).first()
-    if row is None:
-        return None
-    return StoredDay(
-        date=row.date,
-        storage_path=row.storage_path,
-        file_size_kb=row.file_size_kb,
-        job_count=row.job_count,
-        employee_count=row.employee_count,
-        team_count=row.team_count,
-        checksum=row.checksum,
-        status=row.status,
-        updated_at=row.updated_at,
-    )
 
 
 @dataclass(frozen=True)

@@ -27,13 +27,13 @@ from sqlalchemy import delete, select
 from opsdash.engine.blobs import BlobStore
 from opsdash.engine.coordinator import company_zone
 from opsdash.engine.db import Database
-from opsdash.engine.models import Company, ScheduleData
+from opsdash.engine.models import Company, ScheduleData, table_of
 from opsdash.engine.sqltypes import utcnow
 
 log = logging.getLogger("opsdash.retention")
 
-COMPANIES = Company.__table__  # type: ignore[attr-defined]
-SCHEDULES = ScheduleData.__table__  # type: ignore[attr-defined]
+COMPANIES = table_of(Company)
+SCHEDULES = table_of(ScheduleData)
 LOCK_NAME = "retention"
 BATCH = 500
 _IDS_PER_QUERY = 500

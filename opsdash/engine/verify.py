@@ -22,10 +22,10 @@ from sqlalchemy import select
 from opsdash.engine import queue
 from opsdash.engine.blobs import BlobNotFound, BlobStore, sha256_hex
 from opsdash.engine.db import Database
-from opsdash.engine.models import Company, ScheduleData
+from opsdash.engine.models import Company, ScheduleData, table_of
 
-COMPANIES = Company.__table__  # type: ignore[attr-defined]
-SCHEDULES = ScheduleData.__table__  # type: ignore[attr-defined]
+COMPANIES = table_of(Company)
+SCHEDULES = table_of(ScheduleData)
 
 MISSING = "missing"
 

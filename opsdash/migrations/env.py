@@ -9,6 +9,7 @@ by developers passes ``-x url=...``. Offline mode renders Postgres SQL for
 from __future__ import annotations
 
 from alembic import context
+from sqlalchemy.engine import Connection
 from sqlmodel import SQLModel
 
 from opsdash.engine import models  # noqa: F401  (the tables autogenerate compares against)
@@ -17,7 +18,7 @@ config = context.config
 target_metadata = SQLModel.metadata
 
 
-def _configure_online(connection: object) -> None:
+def _configure_online(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,

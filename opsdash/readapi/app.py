@@ -76,7 +76,8 @@ bearer = HTTPBearer(
 
 async def get_state(request: Request) -> ReadApiState:
     # async on purpose: FastAPI runs plain ``def`` dependencies in the thread pool.
-    return request.app.state.readapi  # type: ignore[no-any-return]
+    state: ReadApiState = request.app.state.readapi
+    return state
 
 
 State = Annotated[ReadApiState, Depends(get_state)]
@@ -164,6 +165,8 @@ async def readyz(state: State) -> Response:
     responses={200: {"content": {METRICS_CONTENT_TYPE: {"schema": {"type": "string"}}}}},
 )
 async def metrics(state: State) -> Response:
+    counts: dict[tuple[str, str], int] | None
+    companies: list[freshness.CompanyFreshness] | None
     try:
         counts = await run_in_threadpool(job_counts, state.db)
         companies = await run_in_threadpool(_freshness, state)
@@ -185,6 +188,26 @@ def _freshness(state: ReadApiState) -> list[freshness.CompanyFreshness]:
 
 
 # --- the application -------------------------------------------------------------------
+
+
+class ReadApiApp(FastAPI):
+    def openapi(self) -> dict[str, Any]:
+        """FastAPI's document without its 422 answers: validation errors are answered as 400."""
+        if self.openapi_schema is None:
+            schema = get_openapi(
+                title=self.title,
+                version=self.version,
+                description=self.description,
+                routes=self.routes,
+            )
+            for operations in schema.get("paths", {}).values():
+                for operation in operations.values():
+                    operation.get("responses", {}).pop("422", None)
+            components = schema.get("components", {}).get("schemas", {})
+            for name in ("HTTPValidationError", "ValidationError"):
+                components.pop(name, None)
+            self.openapi_schema = schema
+        return self.openapi_schema
 
 
 def create_app(
@@ -212,7 +235,7 @@ def create_app(
         if on_shutdown is not None:
             on_shutdown()
 
-    app = FastAPI(
+    app = ReadApiApp(
         title="opsdash read API",
         version=opsdash.__version__,
         description="Company-day schedules for the technician portal.",
@@ -229,7 +252,8 @@ def create_app(
         settings=settings,
         db=db,
         service=ScheduleService(db, blobs, policy),
-        verifier=verifier or TokenVerifier.from_settings(settings),
+        verifier=verifier
+        or TokenVerifier.from_settings(settings, cache_entries=policy.token_cache_entries),
         metrics=metrics or RequestMetrics(ROUTES),
     )
     app.state.readapi = state
@@ -255,21 +279,4 @@ def create_app(
         ops_token=settings.ops_token,
     )
     app.add_middleware(ObserveRequests, metrics=state.metrics)
-    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
-
-
-def _openapi(app: FastAPI) -> dict[str, Any]:
-    """FastAPI's document without its 422 answers: validation errors are answered as 400."""
-    if app.openapi_schema is None:
-        schema = get_openapi(
-            title=app.title, version=app.version, description=app.description, routes=app.routes
-        )
-        for operations in schema.get("paths", {}).values():
-            for operation in operations.values():
-                operation.get("responses", {}).pop("422", None)
-        components = schema.get("components", {}).get("schemas", {})
-        for name in ("HTTPValidationError", "ValidationError"):
-            components.pop(name, None)
-        app.openapi_schema = schema
-    return app.openapi_schema

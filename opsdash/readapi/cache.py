@@ -74,22 +74,17 @@ class LruCache(Generic[K, V]):
         self._entries: OrderedDict[K, tuple[float, int, V]] = OrderedDict()
         self._weight = 0
         self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
 
     def get(self, key: K) -> V | Missing:
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
-                self.misses += 1
                 return MISSING
             expires_at, _weight, value = entry
             if expires_at < self._clock():
                 self._remove(key)
-                self.misses += 1
                 return MISSING
             self._entries.move_to_end(key)
-            self.hits += 1
             return value
 
     def put(self, key: K, value: V) -> None:
@@ -232,7 +227,7 @@ class RefreshingCache(Generic[K, V]):
         self._outages.succeeded(self._outage_key)
         return value
 
-    def _log_failed_refresh(self, key: object, done: asyncio.Future[object]) -> None:
+    def _log_failed_refresh(self, key: K, done: asyncio.Future[V]) -> None:
         if not done.cancelled() and done.exception() is not None:
             error = done.exception()
             self._outages.failed(

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from sqlalchemy import func, select
+from sqlmodel import col
 
 from opsdash.engine.db import Database
 from opsdash.engine.freshness import CompanyFreshness, Freshness
@@ -141,10 +142,8 @@ class RequestMetrics:
 def job_counts(db: Database) -> dict[tuple[str, str], int]:
     """(job type, state) → number of jobs, with every known pair present (zero if none)."""
     counts = {(str(kind), str(state)): 0 for kind in JobType for state in JobStatus}
-    query = select(BackgroundJob.job_type, BackgroundJob.status, func.count()).group_by(
-        BackgroundJob.job_type,  # type: ignore[arg-type]
-        BackgroundJob.status,  # type: ignore[arg-type]
-    )
+    kind, state = col(BackgroundJob.job_type), col(BackgroundJob.status)
+    query = select(kind, state, func.count()).group_by(kind, state)
     with db.read() as conn:
         for job_type, status, count in conn.execute(query):
             counts[(job_type, status)] = count

@@ -132,6 +132,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     # --- connection life -------------------------------------------------------------
 
+    # uvicorn's own signature, which narrows asyncio.Protocol's BaseTransport to a Transport
+    # (and is marked the same way there): the server only ever hands over a Transport.
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         registry = self._registry
         at_cap = len(self.connections) - len(registry.evicting) >= self.limits.max_connections

@@ -31,6 +31,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import select, text
+from sqlmodel import col
 from starlette.concurrency import run_in_threadpool
 
 from opsdash.engine.blobs import BlobNotFound, BlobStore, sha256_hex
@@ -220,8 +221,8 @@ class ScheduleService:
     def _query_viewer(self, profile_id: uuid.UUID) -> Viewer | None:
         query = (
             select(UserProfile, Company)
-            .outerjoin(Company, UserProfile.company_id == Company.id)  # type: ignore[arg-type]
-            .where(UserProfile.id == profile_id)  # type: ignore[arg-type]
+            .outerjoin(Company, col(UserProfile.company_id) == Company.id)
+            .where(col(UserProfile.id) == profile_id)
         )
         with self.db.session() as session:
             row = session.execute(query).first()
@@ -251,10 +252,10 @@ class ScheduleService:
         return await run_in_threadpool(self._query_schedule, *key)
 
     def _query_schedule(self, company_id: uuid.UUID, day: date) -> StoredSchedule | None:
-        query = select(ScheduleData.checksum, ScheduleData.storage_path).where(
-            ScheduleData.company_id == company_id,  # type: ignore[arg-type]
-            ScheduleData.date == day,  # type: ignore[arg-type]
-            ScheduleData.status == READY,  # type: ignore[arg-type]
+        query = select(col(ScheduleData.checksum), col(ScheduleData.storage_path)).where(
+            col(ScheduleData.company_id) == company_id,
+            col(ScheduleData.date) == day,
+            col(ScheduleData.status) == READY,
         )
         with self.db.read() as conn:
             row = conn.execute(query).first()

@@ -70,9 +70,7 @@ def _profile_by_email(db: Database, email: str) -> UserProfile:
     wanted = email.strip().lower()
     with db.session() as session:
         profiles = (
-            session.execute(
-                select(UserProfile).where(func.lower(UserProfile.email) == wanted)  # type: ignore[arg-type]
-            )
+            session.execute(select(UserProfile).where(func.lower(UserProfile.email) == wanted))
             .scalars()
             .all()
         )

@@ -17,9 +17,9 @@ from sqlalchemy import func, select
 
 from opsdash.engine.db import Database
 from opsdash.engine.freshness import CompanyFreshness, Freshness
-from opsdash.engine.models import BackgroundJob, JobStatus, JobType
+from opsdash.engine.models import BackgroundJob, JobStatus, JobType, table_of
 
-J = BackgroundJob.__table__.c  # type: ignore[attr-defined]
+J = table_of(BackgroundJob).c
 
 COMPANY, JOB_FAILED, RESCUED, STORAGE, BUCKET_PUBLIC, DATABASE = (
     "company",

@@ -21,9 +21,9 @@ from sqlalchemy import Connection, insert, select, update
 from opsdash.engine.alerting import messages, outbox
 from opsdash.engine.alerting.conditions import Condition
 from opsdash.engine.db import Database
-from opsdash.engine.models import Alert
+from opsdash.engine.models import Alert, table_of
 
-ALERTS = Alert.__table__  # type: ignore[attr-defined]
+ALERTS = table_of(Alert)
 A = ALERTS.c
 LOCK_NAME = "opsdash.alerts"
 

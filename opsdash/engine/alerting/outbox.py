@@ -21,11 +21,11 @@ from sqlalchemy import Connection, insert, or_, select, update
 
 from opsdash.engine.alerting.channels import Message
 from opsdash.engine.db import Database
-from opsdash.engine.models import AlertDelivery
+from opsdash.engine.models import AlertDelivery, table_of
 from opsdash.engine.queue import backoff_delay_s
 from opsdash.engine.sqltypes import utcnow
 
-DELIVERIES = AlertDelivery.__table__  # type: ignore[attr-defined]
+DELIVERIES = table_of(AlertDelivery)
 D = DELIVERIES.c
 
 PENDING, SENDING, SENT, FAILED = "pending", "sending", "sent", "failed"

@@ -117,25 +117,29 @@ def _background_jobs() -> None:
     set_pg_default("background_jobs", "params", "'{}'::jsonb")
     set_pg_default("background_jobs", "errors", "'[]'::jsonb")
 
-    def partial(where: str) -> dict[str, sa.TextClause]:
-        return {"sqlite_where": sa.text(where), "postgresql_where": sa.text(where)}
-
-    indexes: list[tuple[str, list[str], bool, dict[str, sa.TextClause]]] = [
+    # (name, columns, unique, the partial index's condition or None)
+    indexes: list[tuple[str, list[str], bool, str | None]] = [
         # Idempotent enqueue: at most one active job per unit of work.
-        ("background_jobs_dedup_active", ["dedup_key"], True,
-         partial("status IN ('pending', 'running')")),
+        ("background_jobs_dedup_active", ["dedup_key"], True, "status IN ('pending', 'running')"),
         # The claim: due pending jobs in order, overall and per company.
-        ("background_jobs_due", ["scheduled_at"], False, partial("status = 'pending'")),
+        ("background_jobs_due", ["scheduled_at"], False, "status = 'pending'"),
         ("background_jobs_company_due", ["company_id", "scheduled_at"], False,
-         partial("status = 'pending'")),
-        ("background_jobs_lease", ["lease_expires_at"], False, partial("status = 'running'")),
-        ("background_jobs_created", ["created_at"], False, {}),
-        ("background_jobs_status_created", ["status", "created_at"], False, {}),
-        ("background_jobs_company_created", ["company_id", "created_at"], False, {}),
+         "status = 'pending'"),
+        ("background_jobs_lease", ["lease_expires_at"], False, "status = 'running'"),
+        ("background_jobs_created", ["created_at"], False, None),
+        ("background_jobs_status_created", ["status", "created_at"], False, None),
+        ("background_jobs_company_created", ["company_id", "created_at"], False, None),
     ]  # fmt: skip
     for name, columns, unique, where in indexes:
+        condition = sa.text(where) if where is not None else None
         op.create_index(
-            name, "background_jobs", columns, unique=unique, if_not_exists=True, **where
+            name,
+            "background_jobs",
+            columns,
+            unique=unique,
+            if_not_exists=True,
+            sqlite_where=condition,
+            postgresql_where=condition,
         )
 
 
