@@ -15,26 +15,26 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta, tzinfo
-from pathlib import Path
 from typing import ClassVar
 
 from sqlalchemy.exc import SQLAlchemyError
 from textual import work
 from textual.app import App
-from textual.binding import Binding, BindingType
 from textual.notifications import SeverityLevel
 from textual.reactive import reactive
 from textual.timer import Timer
 from textual.worker import Worker, WorkerState
 
 from opsdash.config import Settings
-from opsdash.engine import companies, freshness, queries
+from opsdash.engine import freshness, queries
+from opsdash.engine.audit import ConsoleKind
 from opsdash.engine.freshness import Freshness
+from opsdash.engine.operator_actions import ActionRefused, OperatorActions
+from opsdash.engine.operators import TERMINAL_OPERATOR, Operator, find_operator
 from opsdash.engine.runtime import Engine
+from opsdash.screens import catalog
+from opsdash.screens.actions import hide_state_changing
 from opsdash.screens.commands import OpsdashCommands
-from opsdash.screens.companies import CompaniesScreen
-from opsdash.screens.history import HistoryScreen
-from opsdash.screens.jobs import JobsScreen
 from opsdash.screens.log import LogScreen
 from opsdash.screens.log_handler import AttachedLogHandler, ConsoleLogHandler
 from opsdash.screens.messages import (
@@ -45,18 +45,17 @@ from opsdash.screens.messages import (
     SystemStatus,
     TogglesReady,
 )
-from opsdash.screens.preview import PreviewScreen
 from opsdash.screens.toggles import TogglesScreen
 from opsdash.screens.widgets.formatting import printable
 from opsdash.screens.widgets.status_bar import SLOW_DATABASE_MS
 
-STYLES = Path(__file__).parent / "styles"
 LOG_LINES_KEPT = 500
 STATUS_GROUP = "status"
 ACTION_GROUP = "action"
 FRESHNESS_EVERY = timedelta(seconds=15)
 
 Clock = Callable[[], datetime]
+OperatorCall = Callable[[OperatorActions], ActionDone]
 
 
 def _utc_now() -> datetime:
@@ -64,36 +63,15 @@ def _utc_now() -> datetime:
 
 
 class OpsdashApp(App[None]):
+    """The console of one operator: the terminal's (full rights) or a signed-in one's."""
+
     TITLE = "opsdash"
-    CSS_PATH: ClassVar[list[str | Path]] = [
-        STYLES / "app.tcss",
-        STYLES / "jobs.tcss",
-        STYLES / "companies.tcss",
-        STYLES / "preview.tcss",
-        STYLES / "log.tcss",
-        STYLES / "history.tcss",
-        STYLES / "modals.tcss",
-    ]
-    MODES: ClassVar[dict[str, type]] = {  # type: ignore[assignment]
-        "jobs": JobsScreen,
-        "companies": CompaniesScreen,
-        "preview": PreviewScreen,
-        "log": LogScreen,
-        "history": HistoryScreen,
-    }
-    DEFAULT_MODE = "jobs"
+    CSS_PATH = catalog.stylesheets()
+    MODES = catalog.modes()
+    DEFAULT_MODE = catalog.DEFAULT_SCREEN
     COMMANDS = App.COMMANDS | {OpsdashCommands}
     HORIZONTAL_BREAKPOINTS: ClassVar[list[tuple[int, str]]] = [(0, "-narrow"), (110, "-wide")]
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("1", "switch_mode('jobs')", "Jobs", show=False),
-        Binding("2", "switch_mode('companies')", "Companies", show=False),
-        Binding("3", "switch_mode('preview')", "Preview", show=False),
-        Binding("4", "switch_mode('log')", "Log", show=False),
-        Binding("5", "switch_mode('history')", "History", show=False),
-        Binding("s", "sync_now", "Sync now"),
-        Binding("p", "toggle_pause", "Pause/resume"),
-        Binding("q", "quit", "Quit"),
-    ]
+    BINDINGS = catalog.app_bindings()
 
     system_status: reactive[SystemStatus | None] = reactive(None, always_update=True)
 
@@ -101,12 +79,20 @@ class OpsdashApp(App[None]):
         self,
         engine: Engine,
         *,
+        operator: Operator = TERMINAL_OPERATOR,
+        console: ConsoleKind = "terminal",
         clock: Clock = _utc_now,
         display_zone: tzinfo | None = None,
         poll_interval_s: float = 1.0,
     ) -> None:
         super().__init__()
         self.engine = engine
+        self.operator = operator
+        self.console_kind: ConsoleKind = console
+        self.actions = OperatorActions(engine, operator, console)
+        """Every state-changing action goes through here (refused and audited there)."""
+        if operator.read_only:
+            hide_state_changing(self)
         self._clock = clock
         self.display_zone = display_zone
         """Where times are shown; None means the operator's local zone."""
@@ -236,14 +222,19 @@ class OpsdashApp(App[None]):
 
     # --- operator actions ------------------------------------------------------------
 
-    def run_engine_action(self, action: Callable[[], ActionDone]) -> None:
-        """Run an engine or database write off the UI thread; its result comes as a toast."""
+    def run_operator_action(self, action: OperatorCall) -> None:
+        """Run ``action`` with the operator's ``OperatorActions`` off the UI thread; its
+        result, or its refusal for a read-only operator, comes back as a toast."""
         self._run_action(action)
 
     # Actions are not exclusive: two different operator actions must both happen.
     @work(thread=True, exclusive=False, group=ACTION_GROUP, exit_on_error=False)
-    def _run_action(self, action: Callable[[], ActionDone]) -> None:
-        self.post_message(action())
+    def _run_action(self, action: OperatorCall) -> None:
+        try:
+            done = action(self.actions)
+        except ActionRefused as refused:
+            done = ActionDone(f"Not allowed: {refused}.", "error")
+        self.post_message(done)
 
     def on_action_done(self, message: ActionDone) -> None:
         self.notify(message.text, severity=message.severity)
@@ -253,35 +244,31 @@ class OpsdashApp(App[None]):
         self.refresh_status()
 
     def action_sync_now(self) -> None:
-        engine = self.engine
-
-        def sync() -> ActionDone:
-            run = engine.sync()
+        def sync(actions: OperatorActions) -> ActionDone:
+            run = actions.sync_now()
             if run.queued == 0:
                 return ActionDone(f"Sync run already queued: {run.planned} jobs made due now.")
             return ActionDone(f"Sync run queued: {run.queued} of {run.planned} jobs.")
 
-        self.run_engine_action(sync)
+        self.run_operator_action(sync)
 
     def action_toggle_pause(self) -> None:
-        engine = self.engine
-
-        def toggle() -> ActionDone:
-            if engine.pool is None:
+        def toggle(actions: OperatorActions) -> ActionDone:
+            paused = actions.toggle_pause()
+            if paused is None:
                 return ActionDone("This console runs no workers to pause.", "warning")
-            if engine.status().paused:
-                engine.resume()
-                return ActionDone("Workers resumed.")
-            engine.pause()
-            return ActionDone("Workers paused: running jobs finish, no new job starts.")
+            if paused:
+                return ActionDone("Workers paused: running jobs finish, no new job starts.")
+            return ActionDone("Workers resumed.")
 
-        self.run_engine_action(toggle)
+        self.run_operator_action(toggle)
 
     def resync(self, company_id: uuid.UUID, label: str, day: date | None = None) -> None:
-        engine = self.engine
-
-        def resync() -> ActionDone:
-            run = engine.sync(company_id=company_id, day=day)
+        def resync(actions: OperatorActions) -> ActionDone:
+            if day is None:
+                run = actions.resync_company(company_id)
+            else:
+                run = actions.resync_day(company_id, day)
             what = f"{label} {day.isoformat()}" if day else f"{label} (all days)"
             if run.planned == 0:
                 return ActionDone(f"{label} has sync turned off; nothing queued.", "warning")
@@ -289,17 +276,14 @@ class OpsdashApp(App[None]):
                 f"Resync queued for {what}: {run.queued} new job(s), {run.planned} planned."
             )
 
-        self.run_engine_action(resync)
+        self.run_operator_action(resync)
 
     def toggle_sync(self, company_id: uuid.UUID, label: str) -> None:
-        db = self.engine.db
-
-        def toggle() -> ActionDone:
-            enabled = companies.toggle_sync_enabled(db, company_id)
-            state = "on" if enabled else "off"
+        def toggle(actions: OperatorActions) -> ActionDone:
+            state = "on" if actions.toggle_sync(company_id) else "off"
             return ActionDone(f"Sync turned {state} for {label}.")
 
-        self.run_engine_action(toggle)
+        self.run_operator_action(toggle)
 
     def edit_toggles(self, company_id: uuid.UUID) -> None:
         """Read the company's toggles off the UI thread, then open the editor."""
@@ -314,20 +298,20 @@ class OpsdashApp(App[None]):
         self.post_message(TogglesReady(toggles))
 
     def on_toggles_ready(self, message: TogglesReady) -> None:
-        toggles, db = message.toggles, self.engine.db
+        toggles = message.toggles
 
         def save(overrides: dict[str, bool] | None) -> None:
             if overrides is None:
                 return
 
-            def write() -> ActionDone:
-                companies.set_toggle_overrides(db, toggles.id, overrides)
+            def write(actions: OperatorActions) -> ActionDone:
+                actions.save_toggles(toggles.id, overrides)
                 count = len(overrides)
                 return ActionDone(f"Feature toggles of {toggles.name} saved ({count} override(s)).")
 
-            self.run_engine_action(write)
+            self.run_operator_action(write)
 
-        self.push_screen(TogglesScreen(toggles), save)
+        self.push_screen(TogglesScreen(toggles, read_only=self.operator.read_only), save)
 
     def open_preview(self, company_id: uuid.UUID, day: date | None) -> None:
         """Show the technician preview of this company (and day, if given)."""
@@ -357,12 +341,37 @@ def _first_line(error: BaseException | None) -> str:
 
 
 def run_console(settings: Settings) -> int:
-    """Open the console with its own engine; stop the engine cleanly on quit."""
+    """Open the console with its own engine; stop the engine cleanly on quit.
+
+    With ``OPSDASH_OPERATOR`` set (the browser console's server sets it for the operator
+    who signed in), the console acts as that operator, with the role the ``operators``
+    table gives them; an unknown or disabled name does not start (exit code 2).
+    Otherwise it is the terminal's console, with full rights.
+    """
     engine = Engine(settings)
     try:
+        operator = _operator(settings, engine)
+        if operator is None:
+            return 2
         engine.start()
-        OpsdashApp(engine).run()
+        OpsdashApp(engine, operator=operator, console=settings.console).run()
     finally:
         print("opsdash: stopping workers (running jobs finish or are released)…", file=sys.stderr)
         engine.stop()
     return 0
+
+
+def _operator(settings: Settings, engine: Engine) -> Operator | None:
+    if settings.operator is None:
+        if settings.console == "web":
+            print("opsdash: OPSDASH_CONSOLE=web needs OPSDASH_OPERATOR", file=sys.stderr)
+            return None
+        return TERMINAL_OPERATOR
+    operator = find_operator(engine.db, settings.operator)
+    if operator is None:
+        print(
+            f"opsdash: no enabled operator named {settings.operator!r} "
+            "(OPSDASH_OPERATOR; see `opsdash operators list`)",
+            file=sys.stderr,
+        )
+    return operator

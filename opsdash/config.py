@@ -165,6 +165,17 @@ class Settings(BaseSettings):
     """A PEM certificate chain for ``opsdash web`` to serve https itself (with ``web_tls_key``)."""
     web_tls_key: Path | None = None
     """The private key of ``web_tls_cert``."""
+    environment: str | None = Field(default=None, max_length=40)
+    """The deployment's name (``production``, ``staging``, ``dev``, free text), shown in
+    the console's header so nobody acts on the wrong one: red for production, amber for
+    staging, another colour for anything else; unset: no banner."""
+    operator: str | None = None
+    """The operator the console runs as, looked up in the ``operators`` table (the browser
+    console's server sets it for the operator who signed in); unset: the terminal's user,
+    with full rights."""
+    console: Literal["terminal", "web"] = "terminal"
+    """Which kind of console this is, as the audit trail records it (``web`` needs
+    ``operator``)."""
 
     @field_validator("alert_email_to", mode="before")
     @classmethod

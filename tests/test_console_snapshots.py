@@ -22,6 +22,7 @@ from textual.widgets import Input
 from opsdash.app import OpsdashApp
 from opsdash.config import Mode
 from opsdash.demo.data import DemoWorld
+from opsdash.engine.audit import ConsoleKind
 from opsdash.engine.blobs import schedule_path, sha256_hex
 from opsdash.engine.handlers import map_role, windows_to_iana
 from opsdash.engine.models import (
@@ -29,9 +30,11 @@ from opsdash.engine.models import (
     BackgroundJob,
     Company,
     JobStat,
+    OperatorAudit,
     ScheduleData,
     UserProfile,
 )
+from opsdash.engine.operators import Operator
 from opsdash.engine.runtime import Engine, EngineStatus
 from opsdash.engine.transform import build_document, document_counts, serialize_document
 from opsdash.screens.base import LiveScreen
@@ -51,6 +54,8 @@ NOW = datetime(2026, 12, 1, 15, 20, tzinfo=UTC)
 DAYS = [date(2026, 12, 1), date(2026, 12, 2), date(2026, 12, 3)]
 SIZES = {"wide": (120, 36), "narrow": (80, 24)}
 WORKER = "ops-host:4242:0a1b2c3d"
+# The terminal's operator, named (not the OS user) so nothing depends on the machine.
+OPS = Operator("ops", read_only=False)
 
 FIXED_STATUS = EngineStatus(
     mode=Mode.DEMO,
@@ -273,6 +278,31 @@ def _alerts_sent() -> list[AlertDelivery]:
     ]  # fmt: skip
 
 
+def _audit_trail(companies: list[Company]) -> list[OperatorAudit]:
+    """Operator actions from both consoles, one of them refused, for the log screen."""
+    first = f"{companies[0].name} ({companies[0].service_company_id})"
+    return [
+        OperatorAudit(
+            id=uuid.UUID(int=950 + index),
+            at=NOW - timedelta(minutes=minutes),
+            operator=operator,
+            console=console,
+            action=action,
+            target=target,
+            result=result,
+            detail=detail,
+        )
+        for index, (minutes, operator, console, action, target, result, detail) in enumerate(
+            [
+                (30, "ops", "terminal", "sync_now", {}, "ok", "22 queued of 22 planned"),
+                (12, "viewer", "web", "toggle_sync", {"company": first}, "refused",
+                 "read-only operator"),
+                (2, "ana", "web", "save_toggles", {"company": first}, "ok", None),
+            ]
+        )
+    ]  # fmt: skip
+
+
 LOG_LINES = [
     LogLine(1, NOW - timedelta(minutes=20), "INFO", "opsdash.coordinator",
             "sync run planned: 7 jobs, 7 queued in 4 ms"),
@@ -292,7 +322,7 @@ LOG_LINES = [
 @pytest.fixture
 def fixed_app(
     tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Callable[[], OpsdashApp]]:
+) -> Iterator[Callable[..., OpsdashApp]]:
     settings = engine_settings(sqlite_url, tmp_path / "data", "http://127.0.0.1:9", workers=0)
     engine = Engine(settings)
     world = DemoWorld(companies=3)
@@ -307,13 +337,21 @@ def fixed_app(
                 *_jobs(companies),
                 *_job_stats(),
                 *_alerts_sent(),
+                *_audit_trail(companies),
             ]
         )
         session.commit()
     monkeypatch.setattr(engine, "status", lambda: FIXED_STATUS)
 
-    def make() -> OpsdashApp:
-        app = OpsdashApp(engine, clock=lambda: NOW, display_zone=UTC)
+    def make(
+        operator: Operator = OPS,
+        console: ConsoleKind = "terminal",
+        environment: str | None = None,
+    ) -> OpsdashApp:
+        engine.settings = engine.settings.model_copy(update={"environment": environment})
+        app = OpsdashApp(
+            engine, operator=operator, console=console, clock=lambda: NOW, display_zone=UTC
+        )
         app.log_lines.extend(LOG_LINES)
         return app
 
@@ -392,6 +430,15 @@ SCREENS: dict[str, list[Stage]] = {
 def test_screen_looks_right(fixed_app, snap_compare, screen: str, size: str) -> None:
     assert snap_compare(
         fixed_app(), terminal_size=SIZES[size], run_before=when_loaded(*SCREENS[screen])
+    )
+
+
+def test_read_only_web_console_in_production_looks_right(fixed_app, snap_compare) -> None:
+    """The banner names the deployment in red and says read-only; the footer offers no
+    action that changes state."""
+    app = fixed_app(Operator("viewer", read_only=True), "web", "production")
+    assert snap_compare(
+        app, terminal_size=SIZES["narrow"], run_before=when_loaded(*SCREENS["jobs"])
     )
 
 

@@ -35,6 +35,7 @@ RECENT_LIMIT = 200
 
 @dataclass(frozen=True)
 class AuditEntry:
+    id: uuid.UUID
     at: datetime
     operator: str
     console: str
@@ -74,12 +75,13 @@ def recent(db: Database, *, limit: int = RECENT_LIMIT) -> list[AuditEntry]:
     """The newest entries first."""
     with db.read() as conn:
         rows = conn.execute(
-            select(A.at, A.operator, A.console, A.action, A.target, A.result, A.detail)
+            select(A.id, A.at, A.operator, A.console, A.action, A.target, A.result, A.detail)
             .order_by(A.at.desc())
             .limit(limit)
         ).all()
     return [
         AuditEntry(
+            id=row.id,
             at=row.at,
             operator=row.operator,
             console=row.console,

@@ -11,7 +11,7 @@ header's banner tells the operator why.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, ClassVar, cast
 
 from textual import work
 from textual.message import Message
@@ -19,6 +19,7 @@ from textual.screen import Screen
 from textual.timer import Timer
 from textual.worker import Worker, WorkerState, get_current_worker
 
+from opsdash.screens.actions import follow_operator
 from opsdash.screens.widgets.status_bar import StatusBar
 
 if TYPE_CHECKING:
@@ -31,9 +32,12 @@ class LiveScreen(Screen[None]):
     """A screen whose data comes from ``fetch``, every ``POLL_FACTOR`` app poll intervals."""
 
     POLL_FACTOR = 1.0
+    ACTION_TARGET: ClassVar[str] = ""
+    """Whose entries of ``screens/actions.py`` are this screen's keys and palette commands."""
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        follow_operator(self)
         self._next_refresh: Timer | None = None
         self.refreshes = 0
         """How many refreshes delivered data (tests wait on it)."""

@@ -1,8 +1,8 @@
-"""The command palette: every key-bound action of the app and of the screen it was opened on.
+"""The command palette: every action of the screen it was opened on and of the app.
 
-Commands are read from the ``BINDINGS`` of the app and the current screen, so an
-action bound to a key is always in the palette too, under the same name as in
-the footer.
+The commands come from the registry (``screens/actions.py``, and the screen list of
+``screens/catalog.py`` for the "Show …" commands), under the same names as in the footer.
+A read-only operator is offered only what changes nothing.
 """
 
 from __future__ import annotations
@@ -11,18 +11,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 
-from textual.binding import Binding
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 from textual.dom import DOMNode
 
-# Navigation keys are hidden from the footer; the palette spells them out.
-SCREEN_NAMES = {
-    "switch_mode('jobs')": "Show jobs",
-    "switch_mode('companies')": "Show companies & storage",
-    "switch_mode('preview')": "Show technician preview",
-    "switch_mode('log')": "Show engine log and alerts sent",
-    "switch_mode('history')": "Show sync run history",
-}
+from opsdash.screens import catalog
+from opsdash.screens.actions import ConsoleAction, actions_for, allowed
 
 
 @dataclass(frozen=True)
@@ -33,32 +26,34 @@ class PaletteCommand:
     namespace: DOMNode
 
 
-def _bindings(node: DOMNode) -> Iterator[Binding]:
-    for binding in node.BINDINGS:
-        if isinstance(binding, Binding):
-            yield binding
-        else:
-            yield Binding(*binding)
+def _key_name(action: ConsoleAction) -> str:
+    return action.key_display or action.key.split(",")[0]
 
 
 class OpsdashCommands(Provider):
-    def commands(self) -> list[PaletteCommand]:
+    def _sources(self) -> Iterator[tuple[DOMNode, str, tuple[ConsoleAction, ...]]]:
         screen = self.screen
+        target = getattr(screen, "ACTION_TARGET", "")
+        screen_title = type(screen).__name__.removesuffix("Screen")
+        if target:
+            yield screen, screen_title, actions_for(target)
+        yield self.app, "opsdash", catalog.app_actions()
+
+    def commands(self) -> list[PaletteCommand]:
+        operator = getattr(self.app, "operator", None)
+        read_only = bool(operator and operator.read_only)
         found: list[PaletteCommand] = []
         seen: set[str] = set()
-        screen_title = type(screen).__name__.removesuffix("Screen")
-        for node, scope in ((screen, screen_title), (self.app, "opsdash")):
-            for binding in _bindings(node):
-                if binding.action in seen or binding.action.startswith("app.pop"):
+        for node, scope, actions in self._sources():
+            for action in allowed(actions, read_only=read_only):
+                if action.action in seen or action.action.startswith("app.pop"):
                     continue
-                seen.add(binding.action)
-                name = SCREEN_NAMES.get(binding.action, binding.description or binding.action)
-                key = binding.key_display or binding.key.split(",")[0]
+                seen.add(action.action)
                 found.append(
                     PaletteCommand(
-                        name=f"{scope}: {name}",
-                        help=binding.tooltip or f"key {key}",
-                        action=binding.action,
+                        name=f"{scope}: {action.description}",
+                        help=f"key {_key_name(action)}",
+                        action=action.action,
                         namespace=node,
                     )
                 )

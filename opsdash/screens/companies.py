@@ -10,13 +10,13 @@ from typing import Any
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import DataTable, Footer, Static
 
 from opsdash.engine import queries
 from opsdash.engine.freshness import CompanyFreshness, Freshness
 from opsdash.engine.queries import CompanyStorage
+from opsdash.screens.actions import bindings_for
 from opsdash.screens.base import LiveScreen
 from opsdash.screens.company_detail import CompanyDetailScreen
 from opsdash.screens.messages import CompaniesLoaded, CompaniesSnapshot
@@ -107,14 +107,8 @@ def company_cells(
 
 
 class CompaniesScreen(LiveScreen):
-    BINDINGS = [
-        Binding("enter", "open_company", "Stored days"),
-        Binding("u", "resync_company", "Resync"),
-        Binding("e", "toggle_sync", "Sync on/off"),
-        Binding("t", "edit_toggles", "Toggles"),
-        Binding("v", "preview_company", "Preview"),
-        Binding("o", "next_sort", "Sort"),
-    ]
+    ACTION_TARGET = "companies"
+    BINDINGS = bindings_for(ACTION_TARGET)
 
     def __init__(self) -> None:
         super().__init__()

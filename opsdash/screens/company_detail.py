@@ -11,7 +11,6 @@ from rich.table import Table
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import DataTable, Footer, Static
 
@@ -20,6 +19,7 @@ from opsdash.engine.freshness import CompanyFreshness, DayFreshness
 from opsdash.engine.models import JobStatus
 from opsdash.engine.queries import CompanyStorage, CompanyToggles, StoredDay
 from opsdash.privacy import PRIVACY_TOGGLES, toggle_reading
+from opsdash.screens.actions import bindings_for
 from opsdash.screens.base import LiveScreen
 from opsdash.screens.messages import CompanyLoaded, CompanySnapshot
 from opsdash.screens.toggles import toggle_label
@@ -127,14 +127,8 @@ def _toggle_summary(toggles: CompanyToggles) -> Text:
 
 
 class CompanyDetailScreen(LiveScreen):
-    BINDINGS = [
-        Binding("escape,backspace", "app.pop_screen", "Back"),
-        Binding("u", "resync_company", "Resync all days"),
-        Binding("d", "resync_day", "Resync day"),
-        Binding("e", "toggle_sync", "Sync on/off"),
-        Binding("t", "edit_toggles", "Toggles"),
-        Binding("v", "preview_day", "Preview day"),
-    ]
+    ACTION_TARGET = "company_detail"
+    BINDINGS = bindings_for(ACTION_TARGET)
 
     def __init__(self, company_id: uuid.UUID, name: str) -> None:
         super().__init__()

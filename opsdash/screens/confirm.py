@@ -4,21 +4,19 @@ from __future__ import annotations
 
 from textual import on
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Label, Static
 
+from opsdash.screens.actions import bindings_for
 from opsdash.screens.widgets.formatting import safe_text
 
 
 class ConfirmScreen(ModalScreen[bool]):
     """Dismisses with True when the operator confirms, False otherwise."""
 
-    BINDINGS = [
-        Binding("y", "answer(True)", "Yes"),
-        Binding("n,escape", "answer(False)", "No"),
-    ]
+    ACTION_TARGET = "confirm"
+    BINDINGS = bindings_for(ACTION_TARGET)
 
     def __init__(self, question: str, detail: str = "", *, confirm_label: str = "Yes") -> None:
         super().__init__()

@@ -71,6 +71,7 @@ def history_summary(runs: Sequence[RunSummary], now: datetime) -> Text:
 
 
 class HistoryScreen(LiveScreen):
+    ACTION_TARGET = "history"
     POLL_FACTOR = 5.0
 
     def compose(self) -> ComposeResult:

@@ -9,7 +9,6 @@ from typing import Any
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.message import Message
 from textual.widgets import DataTable, Footer, Input, Select
@@ -17,7 +16,9 @@ from textual.worker import get_current_worker
 
 from opsdash.engine import queries
 from opsdash.engine.models import JobStatus, JobType
+from opsdash.engine.operator_actions import OperatorActions
 from opsdash.engine.queries import JobFilter, JobRow
+from opsdash.screens.actions import bindings_for
 from opsdash.screens.base import LiveScreen
 from opsdash.screens.confirm import ConfirmScreen
 from opsdash.screens.messages import (
@@ -70,14 +71,8 @@ def job_cells(row: JobRow, now: Any, theme_variables: Mapping[str, str]) -> tupl
 
 
 class JobsScreen(LiveScreen):
-    BINDINGS = [
-        Binding("r", "retry_job", "Retry"),
-        Binding("R", "retry_failed", "Retry all failed"),
-        Binding("c", "cancel_job", "Cancel"),
-        Binding("slash", "focus_search", "Search"),
-        Binding("escape", "clear_filters", "Clear filters", show=False),
-        Binding("d", "toggle_detail", "Detail", show=False),
-    ]
+    ACTION_TARGET = "jobs"
+    BINDINGS = bindings_for(ACTION_TARGET)
 
     def __init__(self) -> None:
         super().__init__()
@@ -97,7 +92,7 @@ class JobsScreen(LiveScreen):
                 id="filter-status",
             )
             yield Select(
-                [("schedule", str(JobType.SYNC_SCHEDULE)), ("users", str(JobType.SYNC_USERS))],
+                [(job_type_label(job_type), str(job_type)) for job_type in JobType],
                 prompt="type: any",
                 compact=True,
                 id="filter-type",
@@ -253,17 +248,17 @@ class JobsScreen(LiveScreen):
         if row.status not in RETRYABLE:
             self.notify(f"Only failed or cancelled jobs are retried; this one is {row.status}.")
             return
-        engine, label = self.console.engine, _job_label(row)
+        label = _job_label(row)
 
-        def retry() -> ActionDone:
-            if engine.retry([row.id]):
+        def retry(actions: OperatorActions) -> ActionDone:
+            if actions.retry_job(row.id):
                 return ActionDone(f"Retrying {label}.")
             return ActionDone(
                 f"{label} was not retried: the same work is already queued or running.",
                 "warning",
             )
 
-        self.console.run_engine_action(retry)
+        self.console.run_operator_action(retry)
 
     def action_cancel_job(self) -> None:
         row = self._highlighted_row()
@@ -273,14 +268,14 @@ class JobsScreen(LiveScreen):
         if row.status != JobStatus.PENDING:
             self.notify(f"Only pending jobs are cancelled; this one is {row.status}.")
             return
-        engine, label = self.console.engine, _job_label(row)
+        label = _job_label(row)
 
-        def cancel() -> ActionDone:
-            if engine.cancel([row.id]):
+        def cancel(actions: OperatorActions) -> ActionDone:
+            if actions.cancel_job(row.id):
                 return ActionDone(f"Cancelled {label}.")
             return ActionDone(f"{label} had already started; it was not cancelled.", "warning")
 
-        self.console.run_engine_action(cancel)
+        self.console.run_operator_action(cancel)
 
     def action_retry_failed(self) -> None:
         self._find_failed(self.job_filter)
@@ -294,17 +289,22 @@ class JobsScreen(LiveScreen):
         if not message.job_ids:
             self.notify(f"No failed jobs {message.description}.")
             return
-        count, engine, job_ids = len(message.job_ids), self.console.engine, message.job_ids
+        count, job_ids = len(message.job_ids), message.job_ids
 
-        def retry_all() -> ActionDone:
-            retried = engine.retry(job_ids)
+        def retry_all(actions: OperatorActions) -> ActionDone:
+            retried = actions.retry_failed(job_ids)
             skipped = count - retried
             note = f" ({skipped} skipped: their work is already queued)" if skipped else ""
             return ActionDone(f"Retrying {retried} failed job(s){note}.")
 
         def confirmed(answer: bool | None) -> None:
             if answer:
-                self.console.run_engine_action(retry_all)
+                self.console.run_operator_action(retry_all)
+
+        if self.console.operator.read_only:
+            # Nothing to confirm: the engine refuses it (and records that it did).
+            self.console.run_operator_action(retry_all)
+            return
 
         self.app.push_screen(
             ConfirmScreen(

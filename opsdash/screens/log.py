@@ -1,4 +1,5 @@
-"""The engine's recent log lines (jobs started, finished, failed; runs queued), newest first,
+"""The engine's recent log lines (jobs started, finished, failed; runs queued), newest first;
+the operators' actions from every console (the audit trail: who, when, what, the result);
 and the alerts sent from any opsdash process on this database."""
 
 from __future__ import annotations
@@ -10,19 +11,23 @@ from typing import Any
 
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.containers import Horizontal
 from textual.message import Message
 from textual.widgets import Footer
 
+from opsdash.engine import audit
 from opsdash.engine.alerting import outbox
 from opsdash.engine.alerting.outbox import Delivery
+from opsdash.engine.audit import AuditEntry
+from opsdash.screens.actions import bindings_for
 from opsdash.screens.base import LiveScreen
-from opsdash.screens.messages import AlertsLoaded, LogLine
+from opsdash.screens.messages import LogLine, LogLoaded
 from opsdash.screens.widgets.formatting import clock, safe_text
 from opsdash.screens.widgets.live_table import Column, LiveTable
 from opsdash.screens.widgets.status_bar import StatusBar
 
 ALERTS_SHOWN = 50
+ACTIONS_SHOWN = 50
 LOG_COLUMNS = (
     Column("time", "time", 8),
     Column("level", "level", 7),
@@ -38,6 +43,41 @@ ALERT_COLUMNS = (
     Column("subject", "alert"),
 )
 DELIVERY_THEME_VARIABLES = {"failed": "error", "pending": "warning", "sending": "warning"}
+ACTION_COLUMNS = (
+    Column("time", "time", 8),
+    Column("operator", "who", 10),
+    # Before the action: on a narrow terminal the outcome must still be in view.
+    Column("result", "result", 7),
+    Column("action", "action", 14),
+    Column("target", "on"),
+)
+RESULT_THEME_VARIABLES = {"refused": "warning", "failed": "error"}
+
+
+def action_target(entry: AuditEntry) -> str:
+    """What the action was on, for a person: the company and day, the job, or a count."""
+    target = entry.target
+    parts = [str(target[key]) for key in ("company", "day", "job") if key in target]
+    if not parts and "jobs" in target:
+        parts.append(f"{target['jobs']} jobs")
+    if not parts and "company_id" in target:
+        parts.append(str(target["company_id"]))
+    text = " ".join(parts) or "all"
+    return f"{text} ({entry.detail})" if entry.detail else text
+
+
+def action_cells(
+    entry: AuditEntry, zone: tzinfo | None, theme_variables: Mapping[str, str]
+) -> tuple[Any, ...]:
+    variable = RESULT_THEME_VARIABLES.get(entry.result)
+    who = entry.operator if entry.console == "terminal" else f"{entry.operator}@{entry.console}"
+    return (
+        clock(entry.at, zone),
+        safe_text(who, no_wrap=True, overflow="ellipsis"),
+        Text(entry.result, style=f"bold {theme_variables[variable]}" if variable else "dim"),
+        safe_text(entry.action.replace("_", " ")),
+        safe_text(action_target(entry), no_wrap=True, overflow="ellipsis"),
+    )
 
 
 def alert_cells(
@@ -73,7 +113,8 @@ def log_cells(
 
 
 class LogScreen(LiveScreen):
-    BINDINGS = [Binding("w", "toggle_problems", "Warnings only")]
+    ACTION_TARGET = "log"
+    BINDINGS = bindings_for(ACTION_TARGET)
     POLL_FACTOR = 5.0
 
     def __init__(self) -> None:
@@ -85,9 +126,13 @@ class LogScreen(LiveScreen):
         table = LiveTable(LOG_COLUMNS, id="log-table")
         table.border_title = "engine log, newest first"
         yield table
-        alerts = LiveTable(ALERT_COLUMNS, id="alerts-table")
-        alerts.border_title = "alerts sent"
-        yield alerts
+        with Horizontal(id="log-lower"):
+            actions = LiveTable(ACTION_COLUMNS, id="actions-table")
+            actions.border_title = "operator actions"
+            yield actions
+            alerts = LiveTable(ALERT_COLUMNS, id="alerts-table")
+            alerts.border_title = "alerts sent"
+            yield alerts
         yield Footer()
 
     def on_mount(self) -> None:
@@ -100,10 +145,21 @@ class LogScreen(LiveScreen):
         super().on_screen_resume()
 
     def fetch(self) -> Message:
-        return AlertsLoaded(outbox.recent(self.console.engine.db, limit=ALERTS_SHOWN))
+        db = self.console.engine.db
+        return LogLoaded(
+            outbox.recent(db, limit=ALERTS_SHOWN), audit.recent(db, limit=ACTIONS_SHOWN)
+        )
 
-    def on_alerts_loaded(self, message: AlertsLoaded) -> None:
+    def on_log_loaded(self, message: LogLoaded) -> None:
         zone, variables = self.console.display_zone, self.app.theme_variables
+        actions = self.query_one("#actions-table", LiveTable)
+        actions.show(
+            [(str(entry.id), action_cells(entry, zone, variables)) for entry in message.actions]
+        )
+        kept = self.console.engine.settings.ledger_retention_days
+        actions.border_subtitle = (
+            f"newest {len(message.actions)} · kept {kept} days" if message.actions else "none yet"
+        )
         table = self.query_one("#alerts-table", LiveTable)
         table.show([(str(d.id), alert_cells(d, zone, variables)) for d in message.deliveries])
         configured = self.console.engine.alerts.enabled

@@ -17,6 +17,7 @@ from typing import Any, Literal
 from textual.message import Message
 
 from opsdash.engine.alerting.outbox import Delivery
+from opsdash.engine.audit import AuditEntry
 from opsdash.engine.freshness import CompanyFreshness, Freshness
 from opsdash.engine.ledger import RunSummary
 from opsdash.engine.queries import (
@@ -207,8 +208,11 @@ class HistoryLoaded(_Snapshot):
 
 
 @dataclass
-class AlertsLoaded(_Snapshot):
+class LogLoaded(_Snapshot):
+    """What the log screen reads from the database: alerts sent and operator actions."""
+
     deliveries: list[Delivery]
+    actions: list[AuditEntry]
 
 
 class LogLinesArrived(Message):

@@ -23,7 +23,6 @@ from rich.highlighter import JSONHighlighter
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import Footer, Select, Static
@@ -36,6 +35,7 @@ from opsdash.privacy import (
     TechnicianFields,
     hidden_job_fields,
 )
+from opsdash.screens.actions import bindings_for
 from opsdash.screens.base import LiveScreen
 from opsdash.screens.messages import PreviewChoices, PreviewLoaded, PreviewResult
 from opsdash.screens.preview_data import DayCache, PreviewRequest, load_preview
@@ -58,14 +58,8 @@ def page_bounds(total: int, page: int, per_page: int = JOBS_PER_PAGE) -> tuple[i
 class PreviewScreen(LiveScreen):
     # The stored day changes at most once per sync; no need to re-read the blob every second.
     POLL_FACTOR = 5.0
-    BINDINGS = [
-        Binding("j", "toggle_json", "Raw JSON"),
-        Binding("t", "edit_toggles", "Toggles"),
-        Binding("n", "next_person", "Next technician"),
-        # Out of the footer: the summary names these keys when a day has more than a page.
-        Binding("right_square_bracket", "next_page", "Next jobs", show=False),
-        Binding("left_square_bracket", "previous_page", "Previous jobs", show=False),
-    ]
+    ACTION_TARGET = "preview"
+    BINDINGS = bindings_for(ACTION_TARGET)
 
     def __init__(self) -> None:
         super().__init__()

@@ -14,13 +14,13 @@ import re
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Label, Static, Switch
 
 from opsdash.engine.queries import CompanyToggles
 from opsdash.privacy import PRIVACY_TOGGLES, overrides_for, toggle_reading, upstream_readings
+from opsdash.screens.actions import bindings_for, follow_operator
 from opsdash.screens.widgets.formatting import safe_text
 
 TOGGLE_PREFIX = "TechDashboard_"
@@ -44,15 +44,17 @@ def _switch_id(name: str) -> str:
 
 
 class TogglesScreen(ModalScreen[dict[str, bool] | None]):
-    BINDINGS = [
-        Binding("escape", "cancel", "Cancel"),
-        Binding("ctrl+s", "save", "Save"),
-    ]
+    ACTION_TARGET = "toggles"
+    BINDINGS = bindings_for(ACTION_TARGET)
 
-    def __init__(self, toggles: CompanyToggles) -> None:
+    def __init__(self, toggles: CompanyToggles, *, read_only: bool = False) -> None:
         super().__init__()
         self.toggles = toggles
         self.names = toggle_names(toggles)
+        self.read_only = read_only
+        """Shown, not editable: the buttons that change something are off (ctrl+s still
+        reaches the engine, which refuses it)."""
+        follow_operator(self)
 
     def compose(self) -> ComposeResult:
         effective = self.toggles.effective
@@ -64,7 +66,9 @@ class TogglesScreen(ModalScreen[dict[str, bool] | None]):
                 id="toggles-title",
             )
             yield Static(
-                "On/off as technicians get them. A switch that differs from the upstream "
+                "Read-only: you can see these toggles, not change them."
+                if self.read_only
+                else "On/off as technicians get them. A switch that differs from the upstream "
                 "is saved as an override; a sync never erases it.",
                 id="toggles-help",
             )
@@ -79,8 +83,10 @@ class TogglesScreen(ModalScreen[dict[str, bool] | None]):
                         yield Label(safe_text(toggle_label(name)), classes="toggle-name")
                         yield Static(self._upstream_note(name), classes="toggle-upstream")
             with Horizontal(classes="dialog-buttons"):
-                yield Button("Save (ctrl+s)", variant="primary", id="toggles-save")
-                yield Button("Follow upstream", id="toggles-reset")
+                yield Button(
+                    "Save (ctrl+s)", variant="primary", id="toggles-save", disabled=self.read_only
+                )
+                yield Button("Follow upstream", id="toggles-reset", disabled=self.read_only)
                 yield Button("Cancel (esc)", id="toggles-cancel")
 
     def _upstream_note(self, name: str) -> Text:

@@ -1,7 +1,9 @@
 """The status bar on top of every screen: where to go, mode, workers, health, sync times, targets.
 
-A banner line appears while the database cannot be reached or answers slowly, and while
-storage is unusable (down, key refused, bucket made public).
+A coloured line names the deployment (``OPSDASH_ENVIRONMENT``) and, in a console that is
+not the terminal's own, the operator and their rights ("read-only"). A banner line
+appears while the database cannot be reached or answers slowly, and while storage is
+unusable (down, key refused, bucket made public).
 """
 
 from __future__ import annotations
@@ -30,8 +32,29 @@ from opsdash.screens.widgets.formatting import (
 
 SLOW_DATABASE_MS = 2000.0
 
-SCREENS = (("jobs", "1", "Jobs"), ("companies", "2", "Companies"), ("preview", "3", "Preview"))
-SCREENS += (("log", "4", "Log"), ("history", "5", "History"))
+
+def environment_class(environment: str) -> str:
+    """The banner's colour: production red, staging amber, anything else neutral."""
+    name = environment.strip().lower()
+    if name.startswith("prod"):
+        return "-production"
+    if name.startswith("stag"):
+        return "-staging"
+    return "-other"
+
+
+def identity_line(environment: str | None, operator: str, read_only: bool, console: str) -> Text:
+    """ " PRODUCTION  operator ana (web) · read-only"; empty for the terminal's own console
+    on an unnamed deployment."""
+    text = Text()
+    if environment:
+        text.append(f" {printable(environment).upper()} ", style="bold")
+    if read_only or console != "terminal":
+        if text:
+            text.append("  ")
+        text.append(f"operator {printable(operator)} ({console})")
+        text.append(" · read-only: you can look, not act" if read_only else " · full rights")
+    return text
 
 
 def freshness_line(counts: Counter[Freshness], theme_variables: Mapping[str, str]) -> Text:
@@ -64,6 +87,7 @@ class StatusBar(Vertical):
     """Watches the app's ``system_status`` and renders it."""
 
     def compose(self) -> ComposeResult:
+        yield Static(id="status-identity")
         with Horizontal(id="status-top"):
             yield Static(id="status-nav")
             yield Static(id="status-health")
@@ -71,7 +95,24 @@ class StatusBar(Vertical):
         yield Static(id="status-banner")
 
     def on_mount(self) -> None:
+        self._show_identity()
         self.watch(self.app, "system_status", self._show, init=True)
+
+    def _show_identity(self) -> None:
+        engine = getattr(self.app, "engine", None)
+        operator = getattr(self.app, "operator", None)
+        environment = engine.settings.environment if engine is not None else None
+        line = identity_line(
+            environment,
+            operator.name if operator else "",
+            bool(operator and operator.read_only),
+            getattr(self.app, "console_kind", "terminal"),
+        )
+        identity = self.query_one("#status-identity", Static)
+        identity.update(line)
+        identity.display = bool(line)
+        if environment:
+            identity.add_class(environment_class(environment))
 
     def show_latest(self) -> None:
         """Render again (the screen became current: its link in the nav must light up)."""
@@ -97,13 +138,17 @@ class StatusBar(Vertical):
         self.set_class(not status.engine.storage.ok, "-storage-down")
 
     def _nav(self, status: SystemStatus | None) -> str:
+        # Imported here: the catalog imports the screens, which import this bar.
+        from opsdash.screens.catalog import SCREEN_LIST
+
         mode = status.engine.mode if status else None
         badge = f"[reverse b] {escape(printable(str(mode).upper()))} [/] " if mode else ""
         current = self.app.current_mode
         links = []
-        for name, key, label in SCREENS:
-            style = "b u" if name == current else "dim"
-            links.append(f"[@click=app.switch_mode('{name}')][{style}]{key} {label}[/][/]")
+        for entry in SCREEN_LIST:
+            style = "b u" if entry.name == current else "dim"
+            link = f"app.switch_mode('{entry.name}')"
+            links.append(f"[@click={link}][{style}]{entry.key} {entry.label}[/][/]")
         return badge + "  ".join(links)
 
     @staticmethod
