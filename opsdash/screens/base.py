@@ -35,8 +35,10 @@ class LiveScreen(Screen[None]):
     ACTION_TARGET: ClassVar[str] = ""
     """Whose entries of ``screens/actions.py`` are this screen's keys and palette commands."""
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(
+        self, name: str | None = None, id: str | None = None, classes: str | None = None
+    ) -> None:
+        super().__init__(name, id, classes)
         follow_operator(self)
         self._next_refresh: Timer | None = None
         self.refreshes = 0

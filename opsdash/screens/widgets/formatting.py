@@ -58,7 +58,8 @@ def safe_text(value: object, style: str = "", *, multiline: bool = False, **opti
     return Text(printable(value, multiline=multiline), style=style, **options)
 
 
-JOB_TYPE_LABELS = {JobType.SYNC_SCHEDULE: "sched", JobType.SYNC_USERS: "users"}
+# Keyed by str: job types are StrEnums, and rows carry the plain text.
+JOB_TYPE_LABELS: dict[str, str] = {JobType.SYNC_SCHEDULE: "sched", JobType.SYNC_USERS: "users"}
 
 
 def age(moment: datetime | None, now: datetime) -> str:
@@ -122,10 +123,10 @@ def timestamp(moment: datetime | None, zone: tzinfo | None) -> str:
 
 
 def job_type_label(job_type: str) -> str:
-    return JOB_TYPE_LABELS.get(job_type, job_type)  # type: ignore[call-overload]
+    return JOB_TYPE_LABELS.get(job_type, job_type)
 
 
-STATUS_THEME_VARIABLES = {
+STATUS_THEME_VARIABLES: dict[str, str] = {
     JobStatus.PENDING: "warning",
     JobStatus.RUNNING: "primary",
     JobStatus.COMPLETED: "success",
@@ -136,7 +137,7 @@ STATUS_THEME_VARIABLES = {
 
 def status_color(status: str, theme_variables: Mapping[str, str]) -> str:
     """The theme's color for a status, so tables read in dark and light themes alike."""
-    variable = STATUS_THEME_VARIABLES.get(status, "foreground")  # type: ignore[call-overload]
+    variable = STATUS_THEME_VARIABLES.get(status, "foreground")
     return theme_variables.get(variable, "default")
 
 

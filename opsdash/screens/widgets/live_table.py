@@ -47,10 +47,8 @@ class _Lead(Text):
 
     def __eq__(self, other: object) -> bool:
         return (
-            isinstance(other, _Lead) and other.row_key == self.row_key and Text.__eq__(self, other)  # type: ignore[operator]
+            isinstance(other, _Lead) and other.row_key == self.row_key and Text.__eq__(self, other)
         )
-
-    __hash__ = None  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)
@@ -159,9 +157,3 @@ class LiveTable(DataTable[Any]):
             return
         if index != self.cursor_row:
             self.move_cursor(row=index, animate=False)
-
-    def clear_rows(self) -> None:
-        self.clear()
-        self._shown = {}
-        self._order = []
-        self._fit_columns({})
