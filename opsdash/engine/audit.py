@@ -12,7 +12,7 @@ from typing import Any, Literal
 from sqlalchemy import delete, insert, select
 
 from opsdash.engine.db import Database
-from opsdash.engine.models import OperatorAudit
+from opsdash.engine.models import OperatorAudit, table_of
 from opsdash.engine.sqltypes import utcnow
 
 __all__ = [
@@ -24,7 +24,7 @@ __all__ = [
     "record",
 ]
 
-AUDIT = OperatorAudit.__table__  # type: ignore[attr-defined]
+AUDIT = table_of(OperatorAudit)
 A = AUDIT.c
 
 ConsoleKind = Literal["terminal", "web"]
