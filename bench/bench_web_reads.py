@@ -49,6 +49,8 @@ def bench_dsn(cluster: PgCluster) -> str:
 def prepare(cluster: PgCluster, folder: Path) -> str:
     with psycopg.connect(cluster.dsn, autocommit=True) as conn:
         conn.execute("CREATE DATABASE bench")
+        # Counted from here, so the counting is not counted in the bench database.
+        conn.execute("CREATE EXTENSION pg_stat_statements")
     with psycopg.connect(bench_dsn(cluster), autocommit=True) as conn:
         conn.execute("CREATE EXTENSION pg_stat_statements")
     url = cluster.url.rsplit("/", 1)[0] + "/bench"

@@ -48,6 +48,7 @@ from opsdash.screens.messages import (
 from opsdash.screens.toggles import TogglesScreen
 from opsdash.screens.widgets.formatting import printable
 from opsdash.screens.widgets.status_bar import SLOW_DATABASE_MS
+from opsdash.shared_reads import ConsoleReads, DirectReader, reader_for
 
 LOG_LINES_KEPT = 500
 STATUS_GROUP = "status"
@@ -84,6 +85,7 @@ class OpsdashApp(App[None]):
         clock: Clock = _utc_now,
         display_zone: tzinfo | None = None,
         poll_interval_s: float = 1.0,
+        reads: ConsoleReads | None = None,
     ) -> None:
         super().__init__()
         self.engine = engine
@@ -93,6 +95,8 @@ class OpsdashApp(App[None]):
         """Every state-changing action goes through here (refused and audited there)."""
         if operator.read_only:
             hide_state_changing(self)
+        self.reads = reads or ConsoleReads(DirectReader(engine.db, engine.settings))
+        """What the screens read on a refresh (a browser console's come from opsdash web)."""
         self._clock = clock
         self.display_zone = display_zone
         """Where times are shown; None means the operator's local zone."""
@@ -166,8 +170,8 @@ class OpsdashApp(App[None]):
     def _load_status(self) -> None:
         engine, now = self.engine, self.now()
         try:
-            queries.ping(engine.db)
-            times = queries.sync_times(engine.db, now=now)
+            self.reads.ping()
+            times = self.reads.sync_times(now)
         except SQLAlchemyError as error:
             self.post_message(
                 StatusLoaded(
@@ -196,7 +200,7 @@ class OpsdashApp(App[None]):
         than the rest of the status, and changes slowly)."""
         read_at, counts = self._freshness
         if counts is None or read_at is None or now - read_at >= FRESHNESS_EVERY:
-            counts = freshness.summary(self.engine.freshness(now=now))
+            counts = freshness.summary(self.reads.freshness(now))
             self._freshness = (now, counts)
         return counts
 
@@ -354,7 +358,12 @@ def run_console(settings: Settings) -> int:
         if operator is None:
             return 2
         engine.start()
-        OpsdashApp(engine, operator=operator, console=settings.console).run()
+        OpsdashApp(
+            engine,
+            operator=operator,
+            console=settings.console,
+            reads=ConsoleReads(reader_for(settings, engine.db)),
+        ).run()
     finally:
         print("opsdash: stopping workers (running jobs finish or are released)…", file=sys.stderr)
         engine.stop()

@@ -47,11 +47,12 @@ from typing import Any, Protocol, cast
 from sqlalchemy.exc import SQLAlchemyError
 
 from opsdash.config import Settings
+from opsdash.engine import audit, ledger, queries
 from opsdash.engine import freshness as freshness_rules
-from opsdash.engine import ledger, queries
 from opsdash.engine.alerting import outbox
 from opsdash.engine.db import Database
 from opsdash.engine.freshness import CompanyFreshness
+from opsdash.engine.sqltypes import utcnow
 
 log = logging.getLogger("opsdash.shared_reads")
 
@@ -88,6 +89,7 @@ READS: dict[str, Read] = {
     "stored_days": lambda c, company_id: queries.stored_days(c.db, company_id),
     "run_history": lambda c: ledger.history(c.db),
     "recent_alerts": lambda c, limit: outbox.recent(c.db, limit=limit),
+    "recent_actions": lambda c, limit: audit.recent(c.db, limit=limit),
 }
 """Every read a console's screens make on a refresh, by name."""
 
@@ -97,7 +99,7 @@ class SharedReadFailed(SQLAlchemyError):
 
 
 class Reader(Protocol):
-    def read(self, name: str, now: datetime, /, **params: Any) -> Any: ...
+    def read(self, name: str, /, now: datetime | None = None, **params: Any) -> Any: ...
 
 
 class DirectReader:
@@ -107,63 +109,72 @@ class DirectReader:
         self._db = db
         self._settings = settings
 
-    def read(self, name: str, now: datetime, /, **params: Any) -> Any:
-        return READS[name](ReadContext(self._db, self._settings, now), **params)
+    def read(self, name: str, /, now: datetime | None = None, **params: Any) -> Any:
+        context = ReadContext(self._db, self._settings, now or utcnow())
+        return READS[name](context, **params)
 
 
 class ConsoleReads:
-    """The reads of the console's screens, typed; the reader decides where they run."""
+    """The reads of the console's screens, typed; the reader decides where they run.
 
-    def __init__(self, reader: Reader, clock: Callable[[], datetime]) -> None:
+    ``now`` is the screen's own time, so one snapshot's reads agree with each other; a
+    shared reader answers with the server's reads of this interval instead.
+    """
+
+    def __init__(self, reader: Reader) -> None:
         self.reader = reader
-        self._clock = clock
-
-    def _read(self, name: str, **params: Any) -> Any:
-        return self.reader.read(name, self._clock(), **params)
 
     def ping(self) -> None:
-        self._read("ping")
+        self.reader.read("ping")
 
-    def sync_times(self) -> queries.SyncTimes:
-        return cast(queries.SyncTimes, self._read("sync_times"))
+    def sync_times(self, now: datetime) -> queries.SyncTimes:
+        return cast(queries.SyncTimes, self.reader.read("sync_times", now))
 
-    def freshness(self, company_id: uuid.UUID | None = None) -> list[CompanyFreshness]:
-        return cast(list[CompanyFreshness], self._read("freshness", company_id=company_id))
+    def freshness(
+        self, now: datetime, company_id: uuid.UUID | None = None
+    ) -> list[CompanyFreshness]:
+        return cast(
+            list[CompanyFreshness], self.reader.read("freshness", now, company_id=company_id)
+        )
 
     def jobs_page(self, job_filter: queries.JobFilter) -> list[queries.JobRow]:
-        return cast(list[queries.JobRow], self._read("jobs_page", job_filter=job_filter))
+        return cast(list[queries.JobRow], self.reader.read("jobs_page", job_filter=job_filter))
 
     def job_detail(self, job_id: uuid.UUID) -> queries.JobDetail | None:
-        return cast("queries.JobDetail | None", self._read("job_detail", job_id=job_id))
+        return cast("queries.JobDetail | None", self.reader.read("job_detail", job_id=job_id))
 
-    def status_counts(self) -> dict[str, int]:
-        return cast(dict[str, int], self._read("status_counts"))
+    def status_counts(self, now: datetime) -> dict[str, int]:
+        return cast(dict[str, int], self.reader.read("status_counts", now))
 
-    def throughput(self) -> queries.HourlyThroughput:
-        return cast(queries.HourlyThroughput, self._read("throughput"))
+    def throughput(self, now: datetime) -> queries.HourlyThroughput:
+        return cast(queries.HourlyThroughput, self.reader.read("throughput", now))
 
-    def run_progress(self) -> queries.RunProgress | None:
-        return cast("queries.RunProgress | None", self._read("run_progress"))
+    def run_progress(self, now: datetime) -> queries.RunProgress | None:
+        return cast("queries.RunProgress | None", self.reader.read("run_progress", now))
 
     def company_choices(self) -> list[queries.CompanyChoice]:
-        return cast(list[queries.CompanyChoice], self._read("company_choices"))
+        return cast(list[queries.CompanyChoice], self.reader.read("company_choices"))
 
-    def company_storage(self) -> list[queries.CompanyStorage]:
-        return cast(list[queries.CompanyStorage], self._read("company_storage"))
+    def company_storage(self, now: datetime) -> list[queries.CompanyStorage]:
+        return cast(list[queries.CompanyStorage], self.reader.read("company_storage", now))
 
     def company_toggles(self, company_id: uuid.UUID) -> queries.CompanyToggles | None:
         return cast(
-            "queries.CompanyToggles | None", self._read("company_toggles", company_id=company_id)
+            "queries.CompanyToggles | None",
+            self.reader.read("company_toggles", company_id=company_id),
         )
 
     def stored_days(self, company_id: uuid.UUID) -> list[queries.StoredDay]:
-        return cast(list[queries.StoredDay], self._read("stored_days", company_id=company_id))
+        return cast(list[queries.StoredDay], self.reader.read("stored_days", company_id=company_id))
 
     def run_history(self) -> list[ledger.RunSummary]:
-        return cast(list[ledger.RunSummary], self._read("run_history"))
+        return cast(list[ledger.RunSummary], self.reader.read("run_history"))
 
     def recent_alerts(self, limit: int) -> list[outbox.Delivery]:
-        return cast(list[outbox.Delivery], self._read("recent_alerts", limit=limit))
+        return cast(list[outbox.Delivery], self.reader.read("recent_alerts", limit=limit))
+
+    def recent_actions(self, limit: int) -> list[audit.AuditEntry]:
+        return cast(list[audit.AuditEntry], self.reader.read("recent_actions", limit=limit))
 
 
 # --- framing --------------------------------------------------------------------------------
@@ -335,7 +346,7 @@ class SharedReader:
         # The console reads from several worker threads at once: a connection each.
         self._idle: queue.SimpleQueue[socket.socket] = queue.SimpleQueue()
 
-    def read(self, name: str, now: datetime, /, **params: Any) -> Any:
+    def read(self, name: str, /, now: datetime | None = None, **params: Any) -> Any:
         # ``now`` is not sent: browser consoles share the server's reads, made at its time.
         try:
             sock = self._idle.get_nowait()

@@ -17,10 +17,14 @@ from typing import Any
 import pytest
 from sqlalchemy import event
 
+from opsdash.app import OpsdashApp
 from opsdash.config import Settings
 from opsdash.engine.db import Database, connect
 from opsdash.engine.models import BackgroundJob, Company, JobStatus, JobType
 from opsdash.engine.queries import JobFilter
+from opsdash.engine.runtime import Engine
+from opsdash.engine.sqltypes import utcnow
+from opsdash.screens.widgets.live_table import LiveTable
 from opsdash.shared_reads import (
     READS,
     ConsoleReads,
@@ -29,6 +33,7 @@ from opsdash.shared_reads import (
     SharedReadFailed,
     SharedReadServer,
 )
+from tests.waiting import settle_until
 
 NOW = datetime(2026, 11, 28, 12, 30, tzinfo=UTC)
 INTERVAL_S = 1.0
@@ -138,6 +143,7 @@ def every_read(acme: Company, job: BackgroundJob) -> dict[str, dict[str, Any]]:
         "stored_days": {"company_id": acme.id},
         "run_history": {},
         "recent_alerts": {"limit": 10},
+        "recent_actions": {"limit": 10},
     }
 
 
@@ -153,9 +159,7 @@ def test_every_read_answers_through_the_server_as_it_does_directly(
             assert shared.read(name, NOW, **params) == direct.read(name, NOW, **params), name
     finally:
         shared.close()
-    jobs = ConsoleReads(SharedReader(server.socket_path), lambda: NOW).jobs_page(
-        JobFilter(status="failed")
-    )
+    jobs = ConsoleReads(SharedReader(server.socket_path)).jobs_page(JobFilter(status="failed"))
     assert [row.error_message for row in jobs] == ["upstream reported failure: down"]
 
 
@@ -268,9 +272,43 @@ def test_the_socket_is_private_and_nonsense_does_not_stop_it(
 
 
 def test_the_typed_face_reads_every_screen_read(db: Database) -> None:
-    reads = ConsoleReads(DirectReader(db, Settings()), lambda: NOW)
+    reads = ConsoleReads(DirectReader(db, Settings()))
     assert reads.company_choices() == []
     assert reads.jobs_page(JobFilter()) == []
     assert reads.job_detail(uuid.uuid4()) is None
-    assert reads.run_progress() is None
-    assert reads.status_counts()["failed"] == 0
+    assert reads.run_progress(NOW) is None
+    assert reads.status_counts(NOW)["failed"] == 0
+
+
+# --- a console reading through the server ---------------------------------------------------
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_a_console_reading_through_the_server_shows_the_jobs(
+    engine: Engine, socket_dir: Path
+) -> None:
+    engine.sync_now()  # one job queued: the users sync
+    server = SharedReadServer(
+        engine.db, engine.settings, socket_dir / "reads.sock", interval_s=3600, clock=utcnow
+    )
+    server.start()
+    reader = SharedReader(server.socket_path)
+    try:
+        app = OpsdashApp(engine, reads=ConsoleReads(reader))
+        async with app.run_test(size=(120, 36)) as pilot:
+            jobs = app.screen
+            await settle_until(pilot, lambda: jobs.refreshes >= 1)
+            assert jobs.query_one("#jobs-table", LiveTable).row_count == 1
+            executions, requests = server.executions, server.requests
+            # Later refreshes within the interval are answered without the database.
+            await settle_until(pilot, lambda: jobs.refreshes >= 3)
+            assert server.requests > requests
+            assert server.executions == executions
+    finally:
+        reader.close()
+        server.stop()

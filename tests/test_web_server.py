@@ -88,7 +88,9 @@ def test_signing_in_sets_a_strict_http_only_cookie_and_opens_the_console_page(
         assert page.status_code == 200
         assert 'id="terminal"' in page.text
         assert "alice" in page.text
-        assert client.get("/static/js/textual.js").status_code == 200
+        script = client.get("/static/js/textual.js")
+        assert script.status_code == 200
+        assert script.headers["cache-control"] == "private, max-age=3600"
         assert client.get("/login").status_code == 302  # signed in already
 
 

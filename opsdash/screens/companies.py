@@ -131,9 +131,9 @@ class CompaniesScreen(LiveScreen):
         super().on_mount()
 
     def fetch(self) -> Message:
-        db, now = self.console.engine.db, self.console.now()
-        rows = queries.company_storage(db, now=now)
-        fresh = self.console.engine.freshness(now=now)
+        reads, now = self.console.reads, self.console.now()
+        rows = reads.company_storage(now)
+        fresh = reads.freshness(now)
         return CompaniesLoaded(
             CompaniesSnapshot(
                 rows, queries.storage_totals(rows), now, {row.id: row for row in fresh}

@@ -14,7 +14,6 @@ from textual.app import ComposeResult
 from textual.message import Message
 from textual.widgets import DataTable, Footer, Static
 
-from opsdash.engine import queries
 from opsdash.engine.freshness import CompanyFreshness, DayFreshness
 from opsdash.engine.models import JobStatus
 from opsdash.engine.queries import CompanyStorage, CompanyToggles, StoredDay
@@ -149,18 +148,16 @@ class CompanyDetailScreen(LiveScreen):
         super().on_mount()
 
     def fetch(self) -> Message:
-        engine, now = self.console.engine, self.console.now()
-        db = engine.db
+        reads, now = self.console.reads, self.console.now()
         company = next(
-            (row for row in queries.company_storage(db, now=now) if row.id == self.company_id),
-            None,
+            (row for row in reads.company_storage(now) if row.id == self.company_id), None
         )
-        fresh = engine.freshness(now=now, company_id=self.company_id)
+        fresh = reads.freshness(now, company_id=self.company_id)
         return CompanyLoaded(
             CompanySnapshot(
                 company=company,
-                toggles=queries.company_toggles(db, self.company_id),
-                days=queries.stored_days(db, self.company_id),
+                toggles=reads.company_toggles(self.company_id),
+                days=reads.stored_days(self.company_id),
                 now=now,
                 freshness=fresh[0] if fresh else None,
             )

@@ -12,7 +12,6 @@ from textual.containers import Horizontal
 from textual.message import Message
 from textual.widgets import Footer, Label, Sparkline, Static
 
-from opsdash.engine import ledger
 from opsdash.engine.ledger import RunSummary
 from opsdash.screens.base import LiveScreen
 from opsdash.screens.messages import HistoryLoaded
@@ -90,7 +89,7 @@ class HistoryScreen(LiveScreen):
         super().on_mount()
 
     def fetch(self) -> Message:
-        return HistoryLoaded(ledger.history(self.console.engine.db), self.console.now())
+        return HistoryLoaded(self.console.reads.run_history(), self.console.now())
 
     def on_history_loaded(self, message: HistoryLoaded) -> None:
         runs, zone = message.runs, self.console.display_zone

@@ -113,17 +113,17 @@ class JobsScreen(LiveScreen):
     # --- data --------------------------------------------------------------------------
 
     def fetch(self) -> Message:
-        db, now = self.console.engine.db, self.console.now()
+        reads, now = self.console.reads, self.console.now()
         job_filter, selected = self.job_filter, self.selected_job_id
         return JobsLoaded(
             JobsSnapshot(
-                rows=queries.jobs_page(db, job_filter),
-                counts=queries.status_counts(db, now=now),
-                throughput=queries.throughput(db, now=now),
-                progress=queries.run_progress(db, now=now),
-                companies=queries.company_choices(db),
+                rows=reads.jobs_page(job_filter),
+                counts=reads.status_counts(now),
+                throughput=reads.throughput(now),
+                progress=reads.run_progress(now),
+                companies=reads.company_choices(),
                 now=now,
-                selected=queries.job_detail(db, selected) if selected else None,
+                selected=reads.job_detail(selected) if selected else None,
             )
         )
 
@@ -187,7 +187,7 @@ class JobsScreen(LiveScreen):
 
     @work(thread=True, exclusive=True, group="job-detail", exit_on_error=False)
     def _load_detail(self, job_id: uuid.UUID) -> None:
-        detail = queries.job_detail(self.console.engine.db, job_id)
+        detail = self.console.reads.job_detail(job_id)
         if not get_current_worker().is_cancelled:
             self.post_message(JobDetailLoaded(job_id, detail))
 

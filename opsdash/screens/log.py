@@ -15,8 +15,6 @@ from textual.containers import Horizontal
 from textual.message import Message
 from textual.widgets import Footer
 
-from opsdash.engine import audit
-from opsdash.engine.alerting import outbox
 from opsdash.engine.alerting.outbox import Delivery
 from opsdash.engine.audit import AuditEntry
 from opsdash.screens.actions import bindings_for
@@ -145,10 +143,8 @@ class LogScreen(LiveScreen):
         super().on_screen_resume()
 
     def fetch(self) -> Message:
-        db = self.console.engine.db
-        return LogLoaded(
-            outbox.recent(db, limit=ALERTS_SHOWN), audit.recent(db, limit=ACTIONS_SHOWN)
-        )
+        reads = self.console.reads
+        return LogLoaded(reads.recent_alerts(ALERTS_SHOWN), reads.recent_actions(ACTIONS_SHOWN))
 
     def on_log_loaded(self, message: LogLoaded) -> None:
         zone, variables = self.console.display_zone, self.app.theme_variables

@@ -208,6 +208,9 @@ class ConsoleServer(Server):
             _harden(error)
             raise
         if not response.prepared:
+            if request.path.startswith("/static/") and response.status == 200:
+                # The same xterm.js bundle for every page: the browser may keep it (privately).
+                response.headers.setdefault("Cache-Control", "private, max-age=3600")
             _harden(response)
         return response
 
