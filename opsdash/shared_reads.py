@@ -38,6 +38,7 @@ import struct
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -234,9 +235,10 @@ class SharedReadServer:
         self._answers: dict[tuple[str, bytes], _Answer] = {}
         self._lock = threading.Lock()
         self._connections: set[socket.socket] = set()
-        self.executions = 0
-        """How many reads ran against the database (a benchmark reads it)."""
-        self.requests = 0
+        self.asked: Counter[str] = Counter()
+        """Reads asked for, by name."""
+        self.run: Counter[str] = Counter()
+        """Reads run against the database, by name."""
         owner = self
 
         class Handler(socketserver.BaseRequestHandler):
@@ -272,6 +274,7 @@ class SharedReadServer:
         if self._thread is not None:
             self._thread.join(timeout=10)
         self.socket_path.unlink(missing_ok=True)
+        log.info(self.summary())
 
     def _serve_connection(self, sock: socket.socket) -> None:
         with self._lock:
@@ -302,7 +305,7 @@ class SharedReadServer:
             return pickle.dumps(("error", f"there is no shared read {name!r}"))
         key = (name, pickle.dumps(sorted(params.items())))
         with self._lock:
-            self.requests += 1
+            self.asked[name] += 1
             now = self._ticker()
             self._forget_unused(now)
             answer = self._answers.get(key)
@@ -319,8 +322,24 @@ class SharedReadServer:
             return pickle.dumps(("error", f"the shared read {name!r} took too long"))
         return answer.frame
 
+    @property
+    def requests(self) -> int:
+        return self.asked.total()
+
+    @property
+    def executions(self) -> int:
+        return self.run.total()
+
+    def summary(self) -> str:
+        by_read = ", ".join(f"{name} {self.asked[name]}/{self.run[name]}" for name in self.asked)
+        return (
+            f"shared reads: {self.requests} asked, {self.executions} run against the database"
+            f" (asked/run: {by_read or 'none'})"
+        )
+
     def _execute(self, name: str, params: dict[str, Any]) -> bytes:
-        self.executions += 1
+        with self._lock:
+            self.run[name] += 1
         try:
             value = READS[name](ReadContext(self._db, self._settings, self._clock()), **params)
             return pickle.dumps(("ok", value), protocol=pickle.HIGHEST_PROTOCOL)
