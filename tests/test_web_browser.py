@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from opsdash.engine import audit
+from opsdash.engine.db import connect
 from tests.conftest import migrated
 from tests.web_server import WebServer, running_web
 
@@ -110,3 +112,29 @@ def test_an_operator_signs_in_sees_the_jobs_and_switches_screen(
         assert "opsdash_session" not in {c["name"] for c in context.cookies()}
     finally:
         context.close()
+
+
+def test_a_read_only_operator_is_refused_an_action(browser: object, web: WebServer) -> None:
+    context = browser.new_context(viewport={"width": 1400, "height": 900})  # type: ignore[attr-defined]
+    page = context.new_page()
+    try:
+        sign_in(page, web, "sam", PASSWORD)
+        page.wait_for_url(web.url + "/", timeout=WAIT_MS)
+        assert page.inner_text("#operator") == "sam (read-only)"
+        screen_shows(page, "newest jobs")
+        screen_shows(page, "read-only")  # the console's header says so too
+
+        page.click(".xterm")
+        page.keyboard.press("s")  # sync now
+        screen_shows(page, "Not allowed")
+        screen_shows(page, "refused")
+    finally:
+        context.close()
+
+    db = connect(web.database_url)
+    try:
+        entries = audit.recent(db)
+    finally:
+        db.dispose()
+    refused = [e for e in entries if e.operator == "sam"]
+    assert [(e.action, e.result, e.console) for e in refused] == [("sync_now", "refused", "web")]

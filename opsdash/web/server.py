@@ -219,14 +219,14 @@ class ConsoleServer(Server):
         self, request: web.Request, handler: Callable[[web.Request], Any]
     ) -> web.StreamResponse:
         if request.path in OPEN_PATHS:
-            return await handler(request)  # type: ignore[no-any-return]
+            return await handler(request)
         session = self.sessions.get(request.cookies.get(COOKIE))
         if session is None:
             if request.path == "/ws":
                 raise web.HTTPUnauthorized(text="sign in first\n")
             raise web.HTTPFound("/login")
         request[SESSION_KEY] = session
-        return await handler(request)  # type: ignore[no-any-return]
+        return await handler(request)
 
     # --- signing in and out ----------------------------------------------------------
 
@@ -332,7 +332,7 @@ class ConsoleServer(Server):
     def _full(self) -> bool:
         return len(self.consoles) >= self.options.max_sessions
 
-    async def handle_index(self, request: web.Request) -> web.StreamResponse:  # type: ignore[override]
+    async def handle_index(self, request: web.Request) -> web.StreamResponse:
         session = request[SESSION_KEY]
         if self._full():
             response = aiohttp_jinja2.render_template(
