@@ -15,7 +15,6 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta, tzinfo
-from typing import ClassVar
 
 from sqlalchemy.exc import SQLAlchemyError
 from textual import work
@@ -71,7 +70,7 @@ class OpsdashApp(App[None]):
     MODES = catalog.modes()
     DEFAULT_MODE = catalog.DEFAULT_SCREEN
     COMMANDS = App.COMMANDS | {OpsdashCommands}
-    HORIZONTAL_BREAKPOINTS: ClassVar[list[tuple[int, str]]] = [(0, "-narrow"), (110, "-wide")]
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
     BINDINGS = catalog.app_bindings()
 
     system_status: reactive[SystemStatus | None] = reactive(None, always_update=True)
