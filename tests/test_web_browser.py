@@ -56,15 +56,18 @@ def web(tmp_path: Path) -> Iterator[WebServer]:
 
 
 def screen_shows(page: object, text: str) -> None:
-    """Wait until the console's screen contains ``text``."""
-    page.wait_for_function(  # type: ignore[attr-defined]
-        """text => {
-            const rows = document.querySelector(".xterm-rows");
-            return rows !== null && rows.innerText.replace(/\u00a0/g, " ").includes(text);
-        }""",
-        arg=text,
-        timeout=WAIT_MS,
-    )
+    """Wait until the console's screen contains ``text`` (the terminal draws in pieces)."""
+    try:
+        page.wait_for_function(  # type: ignore[attr-defined]
+            """text => {
+                const rows = document.querySelector(".xterm-rows");
+                return rows !== null && rows.innerText.replace(/\u00a0/g, " ").includes(text);
+            }""",
+            arg=text,
+            timeout=WAIT_MS,
+        )
+    except playwright_api.TimeoutError:
+        raise AssertionError(f"the screen never showed {text!r}:\n{screen_text(page)}") from None
 
 
 def screen_text(page: object) -> str:
@@ -96,7 +99,7 @@ def test_an_operator_signs_in_sees_the_jobs_and_switches_screen(
         page.wait_for_url(web.url + "/", timeout=WAIT_MS)
         assert page.inner_text("#operator") == "ana"
         screen_shows(page, "newest jobs")
-        assert "1 Jobs" in screen_text(page)
+        screen_shows(page, "1 Jobs")
 
         page.click(".xterm")  # the terminal takes the keyboard
         page.keyboard.press("2")
