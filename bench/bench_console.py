@@ -633,7 +633,7 @@ def measure_console(database_url: str, data_dir: str) -> dict[str, Any]:
     settings = Settings(
         data_dir=Path(data_dir),
         database_url=database_url,
-        blob_backend="local",
+        demo=True,
         # Never called: the engine is not started. Set so no demo upstream is started.
         maidcentral_api_url="http://127.0.0.1:9",
         maidcentral_api_key="unused",

@@ -125,6 +125,7 @@ def run_sync(url: str, upstream: ExternalDemo, data_dir: Path, **overrides: obje
     settings = Settings(
         database_url=url,
         data_dir=data_dir,
+        demo=True,  # the benchmark's own demo upstream, shared by its processes
         maidcentral_api_url=upstream.url,
         maidcentral_api_key="bench-key",
         poll_interval_s=0.5,
@@ -215,6 +216,7 @@ def bench_throughput_processes(companies: int = 200, processes: int = 2, threads
         settings = Settings(
             database_url=url,
             data_dir=Path(folder),
+            demo=True,
             maidcentral_api_url=upstream.url,
             maidcentral_api_key="bench-key",
             workers=0,
@@ -223,6 +225,7 @@ def bench_throughput_processes(companies: int = 200, processes: int = 2, threads
             **os.environ,
             "DATABASE_URL": url,
             "OPSDASH_DATA_DIR": folder,
+            "OPSDASH_DEMO": "1",
             "MAIDCENTRAL_API_URL": upstream.url,
             "MAIDCENTRAL_API_KEY": "bench-key",
             "OPSDASH_UPSTREAM_RATE_PER_MINUTE": "100000",

@@ -208,7 +208,11 @@ def start_server(
         f"sys.exit(serve(settings, host='127.0.0.1', port={port}, workers={args.workers},"
         f" with_engine=False, http={args.http!r}, loop={args.loop!r}))\n"
     )
-    env = {key: value for key, value in os.environ.items() if not key.startswith("OPSDASH_")}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("OPSDASH_", "DATABASE_", "SUPABASE_", "MAIDCENTRAL_"))
+    }
     with log.open("wb") as log_file:
         process = subprocess.Popen(
             [sys.executable, "-c", script], cwd=REPO, stdout=log_file, stderr=log_file, env=env

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
-from opsdash.config import Settings
+from opsdash.config import ConfigurationError, Settings, load_settings
 from opsdash.engine.blobs import BlobStoreUnavailable
 from opsdash.engine.db import SchemaOutdated
 
@@ -52,12 +52,33 @@ def _parse_ttl(text: str) -> timedelta:
     return timedelta(**{{"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[unit]: amount})
 
 
+def _mode_options(defaults: bool) -> argparse.ArgumentParser:
+    """--demo and --config, accepted before or after the command (``opsdash sync --demo``)."""
+    options = argparse.ArgumentParser(add_help=False)
+    unset = {} if defaults else {"default": argparse.SUPPRESS}
+    options.add_argument(
+        "--demo",
+        action="store_true",
+        help="run the demo upstream against the configured database (also OPSDASH_DEMO=1)",
+        **unset,  # type: ignore[arg-type]
+    )
+    options.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML settings file (also OPSDASH_CONFIG; default: opsdash.toml in the data folder)",
+        **({"default": None} if defaults else unset),  # type: ignore[arg-type]
+    )
+    return options
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="opsdash",
         description="Sync engine, read API and operator console for MaidCentral schedules. "
         "With no command, opens the operator console.",
+        parents=[_mode_options(defaults=True)],
     )
+    per_command = [_mode_options(defaults=False)]
     parser.add_argument("--serve", action="store_true", help="run headless: HTTP read API + engine")
     parser.add_argument("--host", default="127.0.0.1", help="with --serve: address to bind")
     parser.add_argument("--port", type=_parse_port, default=8000, help="with --serve: port to bind")
@@ -69,13 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    sync = commands.add_parser("sync", help="queue a sync run (all companies, one company or day)")
+    sync = commands.add_parser(
+        "sync", help="queue a sync run (all companies, one company or day)", parents=per_command
+    )
     sync.add_argument("--company", help="ServiceCompanyId of one company")
     sync.add_argument("--date", type=_parse_date, help="one day (YYYY-MM-DD)")
     sync.add_argument("--wait", action="store_true", help="run workers until the queue is empty")
     sync.add_argument("--concurrency", type=int, default=None, help="workers while waiting")
 
-    worker = commands.add_parser("worker", help="run workers only (scale-out)")
+    worker = commands.add_parser("worker", help="run workers only (scale-out)", parents=per_command)
     worker.add_argument("--concurrency", type=int, default=None, help="worker threads")
     worker.add_argument(
         "--with-scheduler", action="store_true", help="also run the hourly coordinator"
@@ -86,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="compare schedule_data with storage; exit 1 when anything differs",
         description="Check every stored day's object: there, of the recorded size, and with "
         "--deep the recorded SHA-256. Prints what differs; --repair queues resyncs.",
+        parents=per_command,
     )
     verify.add_argument("--company", help="ServiceCompanyId of one company")
     verify.add_argument(
@@ -103,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and for embedded deployments: in production, portal users get their tokens from "
         "Supabase Auth. A token cannot be revoked before it expires, so its lifetime is "
         "capped at 24 hours.",
+        parents=per_command,
     )
     token.add_argument("--email", required=True, help="the synced user's email")
     token.add_argument(
@@ -117,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve the console to browsers, behind a sign-in",
         description="Serve the operator console in a browser (one console process per open "
         "page), for the operators added with `opsdash operators add`.",
+        parents=per_command,
     )
     web.add_argument("--host", dest="web_host", default="127.0.0.1", help="address to bind")
     web.add_argument(
@@ -127,14 +153,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="port to bind (0: any free port, printed at start)",
     )
 
-    commands.add_parser("migrate", help="bring the database schema up to date")
-    alerts = commands.add_parser("alerts", help="alert channels (`alerts test`)")
+    commands.add_parser("migrate", help="bring the database schema up to date", parents=per_command)
+    alerts = commands.add_parser(
+        "alerts", help="alert channels (`alerts test`)", parents=per_command
+    )
     from opsdash import cli_alerts
 
     cli_alerts.add_arguments(alerts)
     operators = commands.add_parser(
         "operators",
         help="who may sign in to the browser console (`operators add NAME [--read-only]`)",
+        parents=per_command,
     )
     from opsdash import cli_operators
 
@@ -154,12 +183,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from opsdash.demo import cli as demo_cli
 
             return demo_cli.run(args)
-        settings = Settings()
-        if args.serve:
-            return _serve(settings, args)
-        if args.command is None:
+        settings = load_settings(demo=args.demo, config_file=args.config)
+        if args.command is None and not args.serve:
+            print(describe_startup(settings), file=sys.stderr)
             return _console(settings)
         _configure_logging()
+        logging.getLogger("opsdash.config").info("%s", describe_startup(settings))
+        if args.serve:
+            return _serve(settings, args)
         if args.command == "alerts":
             from opsdash import cli_alerts
 
@@ -177,7 +208,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "web": _web,
         }
         return commands[args.command](settings, args)
-    except ValidationError as error:
+    except ConfigurationError as error:
+        print(f"opsdash: cannot start:\n{error}", file=sys.stderr)
+        return 2
+    except ValidationError as error:  # settings built later with bad values
         print(f"opsdash: invalid configuration:\n{error}", file=sys.stderr)
         return 2
     except OperationalError as error:
@@ -195,6 +229,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def describe_startup(settings: Settings) -> str:
+    """Which mode and which configuration file: the first thing every command logs."""
+    source = settings.config_file_read
+    read = f"read {source}" if source else "no config file (environment only)"
+    return f"mode {settings.mode.value.upper()}; configuration: {read}"
+
+
 def _configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -210,7 +251,6 @@ def _console(settings: Settings) -> int:
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from opsdash.readapi.server import serve
 
-    _configure_logging()
     return serve(
         settings,
         host=args.host,

@@ -1,40 +1,52 @@
 """One typed settings object, built once at start-up and passed down.
 
-Sources, highest priority first: keyword arguments, environment variables
-(``OPSDASH_*`` plus the standard names ``DATABASE_URL``, ``SUPABASE_URL``,
-``SUPABASE_SERVICE_ROLE_KEY``, ``SUPABASE_JWT_SECRET``, ``MAIDCENTRAL_API_URL``,
-``MAIDCENTRAL_API_KEY``), then ``opsdash.toml`` in the working directory.
-Nothing configured means the embedded default: SQLite and local blobs in the
-data folder, and the demo upstream on a loopback port.
+Sources, highest priority first: keyword arguments (the command line's
+choices), environment variables (``OPSDASH_*`` plus the standard names
+``DATABASE_URL``, ``SUPABASE_URL``, ``SUPABASE_SERVICE_ROLE_KEY``,
+``SUPABASE_JWT_SECRET``, ``MAIDCENTRAL_API_URL``, ``MAIDCENTRAL_API_KEY``), then
+one TOML file: the one named by ``--config`` / ``OPSDASH_CONFIG``, else
+``opsdash.toml`` in the data folder. Never a file in the working directory:
+whoever can write where the operator happens to stand must not be able to set
+the JWT secret or the CORS origins.
+
+The mode is explicit (see :mod:`opsdash.modes`): nothing set is the embedded
+demo; any production setting requires the whole production set, and a partial
+set is refused at load time with one message naming what is missing.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import tomllib
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import platformdirs
-from pydantic import AliasChoices, Field, field_validator
+from apscheduler.triggers.cron import CronTrigger
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
-    TomlConfigSettingsSource,
 )
 
 from opsdash.datafolder import read_or_create_secret
 
+CONFIG_FILE_NAME = "opsdash.toml"
+JWKS_PATH = "/auth/v1/.well-known/jwks.json"
 MIN_JWT_SECRET_BYTES = 32
 
 
 class Mode(StrEnum):
-    DEMO = "demo"
-    EMBEDDED = "embedded"
-    SUPABASE = "supabase"
+    DEMO = "demo"  # the demo upstream (the zero-configuration default, or --demo)
+    SUPABASE = "supabase"  # production: Supabase Postgres + Storage + Auth, real MaidCentral
+
+
+class ConfigurationError(ValueError):
+    """Opsdash cannot start as configured; the message says what to set and why."""
 
 
 def _env(name: str) -> AliasChoices:
@@ -42,20 +54,71 @@ def _env(name: str) -> AliasChoices:
     return AliasChoices(f"OPSDASH_{name}", name)
 
 
+def default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("opsdash"))
+
+
+def config_file_for(explicit: Path | str | None, data_dir: Path | str | None) -> Path | None:
+    """The one configuration file to read: the explicit one, else the data folder's, if any."""
+    if explicit:
+        return Path(explicit).expanduser()
+    candidate = Path(data_dir or default_data_dir()).expanduser() / CONFIG_FILE_NAME
+    return candidate if candidate.is_file() else None
+
+
+def _from_state(state: dict[str, Any], *names: str) -> Any:
+    # Earlier sources key a value by field name or by whichever alias matched.
+    lowered = {str(key).lower(): value for key, value in state.items()}
+    for name in names:
+        if lowered.get(name.lower()) not in (None, ""):
+            return lowered[name.lower()]
+    return None
+
+
+class ConfigFileSource(PydanticBaseSettingsSource):
+    """The TOML file, found from the settings that come before it (never the cwd)."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ reads the whole file at once
+
+    def __call__(self) -> dict[str, Any]:
+        explicit = _from_state(self.current_state, "config_file", "OPSDASH_CONFIG")
+        data_dir = _from_state(self.current_state, "data_dir", "OPSDASH_DATA_DIR")
+        path = config_file_for(explicit, data_dir)
+        if path is None:
+            return {}
+        if not path.is_file():
+            raise ConfigurationError(
+                f"OPSDASH_CONFIG / --config names {str(path)!r}, which is not a file"
+            )
+        try:
+            values = tomllib.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+            raise ConfigurationError(f"cannot read the config file {path}: {error}") from None
+        if not explicit and {"data_dir", "config_file"} & set(values):
+            raise ConfigurationError(
+                f"{path} is found through the data folder, so it cannot move the data folder "
+                "or name another config file (set OPSDASH_DATA_DIR or --config instead)"
+            )
+        return values
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="OPSDASH_",
-        toml_file="opsdash.toml",
         extra="ignore",
         populate_by_name=True,
     )
 
-    data_dir: Path = Field(default_factory=lambda: Path(platformdirs.user_data_dir("opsdash")))
+    data_dir: Path = Field(default_factory=default_data_dir)
+    config_file: Path | None = Field(
+        default=None, validation_alias=AliasChoices("OPSDASH_CONFIG", "config_file")
+    )
+    demo: bool = False  # run the demo upstream against a database that is not the default
     database_url: str | None = Field(default=None, validation_alias=_env("DATABASE_URL"))
     # A transaction-mode pooler between opsdash and Postgres; "auto" reads the URL
     # (port 6543 or ?pgbouncer=true).
     db_pooler: Literal["auto", "transaction", "none"] = "auto"
-    blob_backend: Literal["auto", "local", "supabase"] = "auto"
     blob_bucket: str = "schedule-data"
     # Every storage call gives up connecting / waiting for an answer after these.
     storage_connect_timeout_s: float = Field(default=3.0, gt=0)
@@ -83,7 +146,7 @@ class Settings(BaseSettings):
     maidcentral_api_key: str | None = Field(
         default=None, validation_alias=_env("MAIDCENTRAL_API_KEY")
     )
-    upstream_timeout_s: float = 30.0
+    upstream_timeout_s: float = Field(default=30.0, gt=0)
     upstream_attempts: int = Field(default=3, ge=1)
     upstream_backoff_max_s: float = Field(default=8.0, ge=0)
     upstream_rate_per_minute: int = Field(default=100, ge=1)
@@ -195,6 +258,26 @@ class Settings(BaseSettings):
             return None
         return str(ipaddress.ip_address(address.strip()))
 
+    @field_validator(
+        "database_url",
+        "supabase_url",
+        "supabase_service_role_key",
+        "supabase_jwt_secret",
+        "maidcentral_api_url",
+        "maidcentral_api_key",
+        "jwks_url",
+        mode="before",
+    )
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        # `FOO=` in an environment file means "not set", not "set to nothing".
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("demo", mode="before")
+    @classmethod
+    def _blank_is_false(cls, value: Any) -> Any:
+        return False if isinstance(value, str) and not value.strip() else value
+
     @field_validator("database_url")
     @classmethod
     def _normalise_postgres_url(cls, url: str | None) -> str | None:
@@ -217,6 +300,31 @@ class Settings(BaseSettings):
             )
         return secret
 
+    @field_validator("supabase_url", "maidcentral_api_url", "jwks_url")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        if url is None:
+            return None
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"{url!r} is not an http(s) URL")
+        return url.rstrip("/")
+
+    @field_validator("sync_cron")
+    @classmethod
+    def _cron_parses(cls, expression: str) -> str:
+        try:
+            CronTrigger.from_crontab(expression, timezone="UTC")
+        except ValueError as error:
+            raise ValueError(f"{expression!r} is not a cron expression: {error}") from None
+        return expression
+
+    @model_validator(mode="after")
+    def _mode_is_complete(self) -> Settings:
+        from opsdash.modes import check_complete
+
+        check_complete(self)
+        return self
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -226,7 +334,14 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+        return (init_settings, env_settings, ConfigFileSource(settings_cls))
+
+    # --- what the settings mean ----------------------------------------------------------
+
+    @property
+    def config_file_read(self) -> Path | None:
+        """The configuration file these settings were read from, if any."""
+        return config_file_for(self.config_file, self.data_dir)
 
     @property
     def effective_database_url(self) -> str:
@@ -237,34 +352,105 @@ class Settings(BaseSettings):
         return self.effective_database_url.startswith("postgresql")
 
     @property
-    def uses_demo_upstream(self) -> bool:
-        return not self.maidcentral_api_url
-
-    @property
-    def effective_blob_backend(self) -> Literal["local", "supabase"]:
-        if self.blob_backend != "auto":
-            return self.blob_backend
-        has_supabase = bool(self.supabase_url and self.supabase_service_role_key)
-        return "supabase" if has_supabase else "local"
-
-    @property
     def mode(self) -> Mode:
-        if self.uses_demo_upstream:
-            return Mode.DEMO
-        if self.effective_blob_backend == "supabase":
-            return Mode.SUPABASE
-        return Mode.EMBEDDED
+        from opsdash.modes import mode_of
+
+        return mode_of(self)
+
+    @property
+    def uses_demo_upstream(self) -> bool:
+        return self.mode is Mode.DEMO
+
+    @property
+    def starts_demo_upstream(self) -> bool:
+        """Demo mode without a URL: the engine serves the demo upstream itself."""
+        return self.uses_demo_upstream and not self.maidcentral_api_url
+
+    @property
+    def uses_supabase(self) -> bool:
+        """A Supabase project is configured (Storage, Auth admin API, JWKS)."""
+        return self.supabase_url is not None
+
+    @property
+    def effective_blob_backend(self) -> str:
+        return "supabase" if self.uses_supabase else "local"
 
     @property
     def blob_root(self) -> Path:
         return self.data_dir / "blobs"
 
+    @property
+    def effective_jwks_url(self) -> str | None:
+        """Where ES256/RS256 signing keys come from: the explicit URL, else the project's."""
+        if self.jwks_url:
+            return self.jwks_url
+        if self.supabase_url:
+            return self.supabase_url + JWKS_PATH
+        return None
+
     def jwt_secret(self) -> str | None:
         """The HS256 secret: Supabase's when configured; none when tokens come from a JWKS
         only (a local secret then would be a second, unmanaged way in); else a local one
-        kept in the data folder (the embedded default)."""
+        kept in the data folder, created only in the embedded default."""
         if self.supabase_jwt_secret:
             return self.supabase_jwt_secret
-        if self.jwks_url:
+        if self.effective_jwks_url:
             return None
         return read_or_create_secret(self.data_dir, "jwt-secret")
+
+
+# --- loading, with one readable message for whatever is wrong --------------------------------
+
+_STANDARD_NAMES = {
+    "database_url": "DATABASE_URL",
+    "supabase_url": "SUPABASE_URL",
+    "supabase_service_role_key": "SUPABASE_SERVICE_ROLE_KEY",
+    "supabase_jwt_secret": "SUPABASE_JWT_SECRET",
+    "maidcentral_api_url": "MAIDCENTRAL_API_URL",
+    "maidcentral_api_key": "MAIDCENTRAL_API_KEY",
+    "config_file": "OPSDASH_CONFIG",
+}
+# Never echoed in a refusal: keys, and URLs that may carry a password or a token.
+_SECRET_FIELDS = {
+    "database_url",
+    "supabase_service_role_key",
+    "supabase_jwt_secret",
+    "maidcentral_api_key",
+    "ops_token",
+    "smtp_url",
+    "alert_webhook_url",
+}
+
+
+def setting_name(field: str) -> str:
+    """The name an operator sets a field by (the environment variable)."""
+    return _STANDARD_NAMES.get(field, f"OPSDASH_{field.upper()}")
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line per problem, each naming the setting as the operator sets it."""
+    lines: list[str] = []
+    for problem in error.errors():
+        cause = (problem.get("ctx") or {}).get("error")
+        if isinstance(cause, ConfigurationError):
+            lines.append(str(cause))
+            continue
+        field = str(problem["loc"][0]) if problem["loc"] else ""
+        name = setting_name(field) if field else "configuration"
+        message = str(problem["msg"]).removeprefix("Value error, ")
+        given = repr(problem.get("input"))
+        shown = "" if field in _SECRET_FIELDS or given in message else f" (got {given})"
+        lines.append(f"{name}: {message}{shown}")
+    return "\n".join(lines)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings for a command: keyword overrides (the command line) over env over file.
+
+    Raises :class:`ConfigurationError` with a message fit to print as it is.
+    """
+    chosen = {key: value for key, value in overrides.items() if value not in (None, False)}
+    try:
+        return Settings(**chosen)
+    except ValidationError as error:
+        raise ConfigurationError(describe_validation_error(error)) from None

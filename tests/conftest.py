@@ -160,9 +160,11 @@ def engine_settings(
         "upstream_backoff_max_s": 0.05,
         "upstream_rate_per_minute": 100_000,
         "upstream_rate_per_hour": 1_000_000,
+        # The upstream is the test's demo upstream, so the demo is asked for; a test of
+        # production mode passes demo=False with the whole production set.
+        "demo": True,
         # Named explicitly so a developer's shell (SUPABASE_URL, …) never sends a
         # test's blobs or tokens anywhere real.
-        "blob_backend": "local",
         "supabase_url": None,
         "supabase_service_role_key": None,
         "supabase_jwt_secret": None,

@@ -26,10 +26,15 @@ pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 
 def worker_env(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPSDASH_", "DATABASE_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("OPSDASH_", "DATABASE_", "SUPABASE_", "MAIDCENTRAL_"))
+    }
     env.update(
         {
             "DATABASE_URL": settings.effective_database_url,
+            "OPSDASH_DEMO": "1",  # a shared demo upstream, named by MAIDCENTRAL_API_URL
             "OPSDASH_DATA_DIR": str(settings.data_dir),
             "MAIDCENTRAL_API_URL": settings.maidcentral_api_url or "",
             "MAIDCENTRAL_API_KEY": settings.maidcentral_api_key or "",

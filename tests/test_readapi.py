@@ -141,6 +141,7 @@ def synced_world(database_url: str, data_dir: Path) -> Iterator[SyncedWorld]:
     settings = Settings(
         data_dir=data_dir,
         database_url=database_url,
+        demo=True,  # the engine's own demo upstream, against the chosen database
         demo_companies=2,
         days_ahead=2,
         workers=2,

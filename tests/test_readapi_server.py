@@ -64,7 +64,11 @@ def serving_process(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={key: value for key, value in os.environ.items() if not key.startswith("OPSDASH_")},
+        env={
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith(("OPSDASH_", "DATABASE_", "SUPABASE_", "MAIDCENTRAL_"))
+        },
     )
     base_url = f"http://127.0.0.1:{port}"
     try:
@@ -178,7 +182,9 @@ def test_a_busy_port_is_a_clear_configuration_error(
 def test_an_unreachable_database_is_a_clear_configuration_error(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    settings = Settings(data_dir=tmp_path, database_url="postgresql://nobody@127.0.0.1:1/none")
+    settings = Settings(
+        data_dir=tmp_path, database_url="postgresql://nobody@127.0.0.1:1/none", demo=True
+    )
     with caplog.at_level(logging.ERROR, logger="opsdash.serve"):
         code = serve(settings, host="127.0.0.1", port=free_port(), with_engine=False)
     assert code == EXIT_BAD_CONFIGURATION

@@ -645,7 +645,6 @@ def test_engine_sync_stores_every_company_day_in_supabase_storage(
         migrated(db_url),
         tmp_path / "data",
         demo_upstream.url,
-        blob_backend="supabase",
         supabase_url=project.url,
         supabase_service_role_key=storage.service_role_key,
     )

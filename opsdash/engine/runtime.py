@@ -43,7 +43,8 @@ DEMO_API_KEY = "demo-key"
 
 
 def open_blob_store(settings: Settings) -> BlobStore:
-    if settings.effective_blob_backend == "supabase":
+    if settings.uses_supabase:
+        # Settings refuse a Supabase URL without its key, so both are here.
         assert settings.supabase_url and settings.supabase_service_role_key
         store = SupabaseBlobStore(
             settings.supabase_url,
@@ -120,7 +121,7 @@ class Engine:
 
     def _open_upstream(self) -> MaidCentralClient:
         settings = self.settings
-        if settings.uses_demo_upstream:
+        if settings.starts_demo_upstream:
             from opsdash.demo.server import DemoUpstream
 
             self.demo = DemoUpstream(companies=settings.demo_companies, api_key=DEMO_API_KEY)
@@ -370,7 +371,7 @@ class Engine:
 
     @property
     def upstream_description(self) -> str:
-        if self.demo is not None:
+        if self.settings.uses_demo_upstream:
             return f"demo upstream {self.upstream.base_url}"
         return f"MaidCentral {self.upstream.base_url}"
 

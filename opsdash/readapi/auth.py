@@ -4,7 +4,8 @@ Accepted tokens:
 - HS256, signed with ``settings.jwt_secret()`` (the Supabase project's JWT secret,
   or the local secret that ``opsdash token`` signs with in the embedded default; no
   HS256 at all when only a JWKS is configured);
-- ES256 / RS256, when ``settings.jwks_url`` is set, with the key named by the
+- ES256 / RS256, when ``settings.effective_jwks_url`` is set (``OPSDASH_JWKS_URL``, or
+  the Supabase project's ``/auth/v1/.well-known/jwks.json``), with the key named by the
   token's ``kid`` from that JWKS. The set is cached for five minutes; an unknown
   ``kid`` refetches it (key rotation), at most once every few seconds so that
   tokens with made-up kids cannot turn into a flood of fetches. Fetches happen
@@ -101,7 +102,7 @@ class TokenVerifier:
     def from_settings(cls, settings: Settings, *, cache_entries: int = 10_000) -> TokenVerifier:
         return cls(
             hs256_secret=settings.jwt_secret(),
-            jwks_url=settings.jwks_url,
+            jwks_url=settings.effective_jwks_url,
             audience=settings.jwt_audience,
             issuer=settings.jwt_issuer,
             cache_entries=cache_entries,

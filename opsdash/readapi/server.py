@@ -37,7 +37,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors.multiprocess import Multiprocess
 
-from opsdash.config import Settings
+from opsdash.config import Mode, Settings
 from opsdash.datafolder import secure_existing
 from opsdash.engine.blobs import BlobStore, BlobStoreUnavailable
 from opsdash.engine.db import connect
@@ -126,7 +126,8 @@ def serve(
             if received:
                 return EXIT_OK  # told to stop while starting up
             log.info(
-                "read API on http://%s:%d (%d worker%s)",
+                "%s: read API on http://%s:%d (%d worker%s)",
+                _mode_banner(settings),
                 *listener.getsockname()[:2],
                 worker_count,
                 "" if worker_count == 1 else "s",
@@ -177,6 +178,12 @@ def _check_configuration(settings: Settings) -> None:
         open_blob_store(settings).ping()
     except (BlobStoreUnavailable, OSError) as error:
         raise ConfigurationError(f"cannot use the blob store: {error}") from None
+
+
+def _mode_banner(settings: Settings) -> str:
+    if settings.mode is Mode.DEMO:
+        return "DEMO (demo upstream, not real schedules)"
+    return settings.mode.value.upper()
 
 
 def _bind(host: str, port: int, *, spread: bool = False) -> socket.socket:

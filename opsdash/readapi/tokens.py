@@ -60,8 +60,8 @@ def mint_token(settings: Settings, db: Database, email: str, ttl: timedelta) -> 
     secret = settings.jwt_secret()
     if secret is None:
         raise TokenError(
-            "tokens come from the identity provider here (OPSDASH_JWKS_URL is set and no "
-            "SUPABASE_JWT_SECRET): sign in through it instead"
+            "tokens come from the identity provider here (signing keys from "
+            f"{settings.effective_jwks_url}, no SUPABASE_JWT_SECRET): sign in through it instead"
         )
     return jwt.encode(claims, secret, algorithm="HS256")
 
