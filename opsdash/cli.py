@@ -1,4 +1,5 @@
-"""Entry points: the console, `--serve`, `web`, `sync`, `worker`, `token` and `demo-upstream`."""
+"""Entry points: the console, `--serve`, `web`, `sync`, `worker`, `token`, `doctor` and
+`demo-upstream`."""
 
 from __future__ import annotations
 
@@ -154,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     commands.add_parser("migrate", help="bring the database schema up to date", parents=per_command)
+    commands.add_parser(
+        "doctor",
+        help="check every configured part (database, storage, Auth, upstream, tokens, clock)",
+        parents=per_command,
+    )
     alerts = commands.add_parser(
         "alerts", help="alert channels (`alerts test`)", parents=per_command
     )
@@ -206,6 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "verify": _verify,
             "migrate": _migrate,
             "web": _web,
+            "doctor": _doctor,
         }
         return commands[args.command](settings, args)
     except ConfigurationError as error:
@@ -426,6 +433,16 @@ def _company_exists(db: object, service_company_id: str) -> bool:
             select(companies.id).where(companies.service_company_id == service_company_id)
         ).first()
     return found is not None
+
+
+def _doctor(settings: Settings, args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from opsdash import doctor
+
+    checks = doctor.run_checks(settings)
+    Console(soft_wrap=False).print(doctor.render(checks, settings))
+    return doctor.exit_status(checks)
 
 
 def _token(settings: Settings, args: argparse.Namespace) -> int:
