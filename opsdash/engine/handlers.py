@@ -18,7 +18,7 @@ from sqlalchemy import Connection, bindparam, delete, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from tzlocal.windows_tz import win_tz
 
-from opsdash.engine import auth_users, coordinator, queue
+from opsdash.engine import auth_users, coordinator, jobparams, queue
 from opsdash.engine.blobs import (
     BlobStore,
     BlobStoreUnavailable,
@@ -93,13 +93,6 @@ def run(context: HandlerContext, jobs: Sequence[BackgroundJob]) -> list[Outcome]
 # --- sync_schedule ---------------------------------------------------------------------
 
 
-def _job_day(job: BackgroundJob) -> date:
-    raw = (job.params or {}).get("date")
-    if not isinstance(raw, str):
-        raise ValueError("job params have no date")
-    return date.fromisoformat(raw)
-
-
 def _date_windows(days: Iterable[date]) -> list[tuple[date, date]]:
     """Contiguous request ranges of at most MAX_RANGE_DAYS covering ``days``."""
     windows: list[tuple[date, date]] = []
@@ -112,28 +105,75 @@ def _date_windows(days: Iterable[date]) -> list[tuple[date, date]]:
 
 
 def sync_schedule(context: HandlerContext, jobs: Sequence[BackgroundJob]) -> list[Outcome]:
-    """One upstream call per date window serves all of a company's claimed days."""
-    with context.db.session() as session:
-        company = session.get(Company, jobs[0].company_id)
-    if company is None:
-        return [
-            Outcome(job, False, error="company no longer exists", retryable=False) for job in jobs
-        ]
-    if not (company.sync_enabled and company.portal_enabled):
-        return [Outcome(job, True, {"skipped": "sync disabled for company"}) for job in jobs]
+    """One upstream call per date window serves all of a company's claimed days.
 
+    A job may cover several days (the original Edge Function's range jobs): it
+    gets one outcome, failed if any of its days failed.
+    """
     outcomes: list[Outcome] = []
-    dated: list[tuple[BackgroundJob, date]] = []
+    works: list[tuple[BackgroundJob, jobparams.ScheduleWork]] = []
     for job in jobs:
         try:
-            dated.append((job, _job_day(job)))
+            works.append((job, jobparams.schedule_work(job.company_id, job.params)))
         except ValueError as error:
             outcomes.append(Outcome(job, False, error=f"bad job params: {error}", retryable=False))
+    if not works:
+        return outcomes
+    # A claimed batch is one company's: siblings share the head's company_id, and a row
+    # without one (queued by the original system) is claimed alone.
+    company = _company_of(context.db, works[0][1])
+    if company is None:
+        head = works[0][1]
+        missing = (
+            "company no longer exists"
+            if head.company_id is not None
+            else f"unknown company {head.service_company_id!r}"
+        )
+        return outcomes + [Outcome(job, False, error=missing, retryable=False) for job, _ in works]
+    if not (company.sync_enabled and company.portal_enabled):
+        skipped = {"skipped": "sync disabled for company"}
+        return outcomes + [Outcome(job, True, dict(skipped)) for job, _ in works]
 
+    dated = [(job, day) for job, work in works for day in work.days]
+    per_day: list[Outcome] = []
     for start, end in _date_windows(day for _, day in dated):
         window_jobs = [(job, day) for job, day in dated if start <= day <= end]
-        outcomes += _sync_window(context, company, window_jobs, start, end)
-    return outcomes
+        per_day += _sync_window(context, company, window_jobs, start, end)
+    return outcomes + _one_outcome_per_job(per_day)
+
+
+def _company_of(db: Database, work: jobparams.ScheduleWork) -> Company | None:
+    with db.session() as session:
+        if work.company_id is not None:
+            return session.get(Company, work.company_id)
+        return session.execute(
+            select(Company).where(Company.service_company_id == work.service_company_id)  # type: ignore[arg-type]
+        ).scalar_one_or_none()
+
+
+def _one_outcome_per_job(per_day: list[Outcome]) -> list[Outcome]:
+    by_job: dict[uuid.UUID, list[Outcome]] = {}
+    for outcome in per_day:
+        by_job.setdefault(outcome.job.id, []).append(outcome)
+    merged: list[Outcome] = []
+    for parts in by_job.values():
+        if len(parts) == 1:
+            merged.append(parts[0])
+            continue
+        job, failed = parts[0].job, [part for part in parts if not part.ok]
+        if failed:
+            errors = "; ".join(dict.fromkeys(part.error for part in failed))
+            retryable = all(part.retryable for part in failed)
+            merged.append(Outcome(job, False, error=errors, retryable=retryable))
+            continue
+        result = {
+            "days": len(parts),
+            "unchanged": sum(bool(part.result.get("unchanged")) for part in parts),
+            "jobs": sum(int(part.result.get("jobs", 0)) for part in parts),
+            "bytes": sum(int(part.result.get("bytes", 0)) for part in parts),
+        }
+        merged.append(Outcome(job, True, result))
+    return merged
 
 
 def _sync_window(
@@ -158,26 +198,26 @@ def _sync_window(
     present = context.blobs.list_days(company.service_company_id) if stored else {}
     outcomes: list[Outcome] = []
     changed: list[tuple[Outcome, ScheduleData]] = []
+    unchanged: list[date] = []
     for job, day in jobs:
         outcome, row = _store_day_safely(
             context, company, job, day, by_day.get(day, []), stored.get(day), present
         )
         (changed.append((outcome, row)) if row is not None else outcomes.append(outcome))
-    _confirm_unchanged(context.db, company.id, outcomes)
+        if outcome.ok and outcome.result.get("unchanged") and not outcome.result.get("restored"):
+            unchanged.append(day)
+    _confirm_unchanged(context.db, company.id, unchanged)
     return outcomes + _record_metadata(context.db, changed)
 
 
-def _confirm_unchanged(db: Database, company_id: uuid.UUID, outcomes: list[Outcome]) -> None:
+def _confirm_unchanged(db: Database, company_id: uuid.UUID, days: list[date]) -> None:
     """Record that a sync confirmed the unchanged days (freshness reads ``synced_at``).
 
     A failure here loses no data, only the confirmation: the day looks older than it is
     until the next sync, so it is logged and the jobs still complete.
+
+    Days, not jobs: a range job queued by the original system covers several.
     """
-    days = [
-        _job_day(outcome.job)
-        for outcome in outcomes
-        if outcome.ok and outcome.result.get("unchanged") and not outcome.result.get("restored")
-    ]
     if not days:
         return
     try:

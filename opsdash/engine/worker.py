@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +36,8 @@ class PoolSettings:
 
 
 def _describe(job: BackgroundJob) -> str:
-    params = job.params or {}
+    # Rows queued by the original system may carry params as a JSON string.
+    params = job.params if isinstance(job.params, Mapping) else {}
     day = params.get("date")
     target = f" {params.get('company') or job.company_id}/{day}" if day else ""
     return f"{job.job_type}{target} [{str(job.id)[:8]}]"
