@@ -53,7 +53,9 @@ def supabase_settings(
         db_url,
         data_dir,
         upstream.url,
-        blob_backend="supabase",
+        # On Postgres the whole production set is here: production (Supabase) mode. On
+        # SQLite the same project runs as a demo asked for (production needs Postgres).
+        demo=not db_url.startswith("postgresql"),
         supabase_url=project.url,
         supabase_service_role_key=project.service_role_key,
         supabase_jwt_secret=JWT_SECRET,
