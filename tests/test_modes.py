@@ -295,7 +295,7 @@ def test_supabase_mode_without_a_secret_verifies_through_the_project_jwks(
     claims = {"sub": sub, "role": "authenticated", "aud": "authenticated", "exp": time.time() + 60}
     assert str(verifier.verify(jwks.sign(claims)).subject) == sub
     assert jwks.paths == ["/auth/v1/.well-known/jwks.json"]
-    forged = jwt.encode(claims, "guessed-secret", algorithm="HS256")
+    forged = jwt.encode(claims, "a-guessed-secret-that-is-32-bytes-long", algorithm="HS256")
     with pytest.raises(Exception, match="not accepted"):
         verifier.verify(forged)
 
