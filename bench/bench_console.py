@@ -667,7 +667,7 @@ def sync_crowded_day(data_dir: Path) -> tuple[str, date, float]:
     settings = Settings(
         data_dir=data_dir,
         database_url=url,
-        blob_backend="local",
+        demo=True,  # the bench's own demo upstream (or none called), local blobs
         maidcentral_api_url=upstream.url,
         maidcentral_api_key="bench-key",
         upstream_rate_per_minute=100_000,
@@ -738,7 +738,7 @@ def measure_crowded_preview(database_url: str, data_dir: str, day: str) -> dict[
     settings = Settings(
         data_dir=Path(data_dir),
         database_url=database_url,
-        blob_backend="local",
+        demo=True,  # the bench's own demo upstream (or none called), local blobs
         maidcentral_api_url="http://127.0.0.1:9",
         maidcentral_api_key="unused",
     )

@@ -185,6 +185,7 @@ def bench_sync(cluster: OwnPostgres, companies: int, rate: int, runs: int) -> di
             settings = Settings(
                 database_url=url,
                 data_dir=Path(folder),
+                demo=True,  # the benchmark's own demo upstream
                 maidcentral_api_url=upstream.url,
                 maidcentral_api_key="bench-key",
                 workers=4,

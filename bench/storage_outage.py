@@ -68,7 +68,7 @@ def main() -> int:
         database_url=f"sqlite:///{data / 'opsdash.db'}",
         maidcentral_api_url=upstream.url,
         maidcentral_api_key="bench",
-        blob_backend="supabase",
+        demo=True,  # the bench's own demo upstream, blobs in the stand-in project
         supabase_url=project.url,
         supabase_service_role_key=storage.service_role_key,
         workers=args.workers,

@@ -41,6 +41,7 @@ class Clock:
 def alert_settings(db_url: str, tmp_path: Path, **values: Any) -> Settings:
     defaults: dict[str, Any] = {
         "database_url": db_url,
+        "demo": True,  # a test database, no MaidCentral: the demo asked for
         "data_dir": tmp_path / "data",
         "days_ahead": DAYS,
         "freshness_cadence_s": 3600,
@@ -342,8 +343,8 @@ from opsdash.config import Settings
 from opsdash.engine.alerting.service import AlertService, StorageHealth
 from opsdash.engine.db import connect
 
-settings = Settings(database_url=sys.argv[1], alert_webhook_url=sys.argv[2], days_ahead=2,
-                    freshness_cadence_s=3600, alert_summary_threshold=100)
+settings = Settings(database_url=sys.argv[1], demo=True, alert_webhook_url=sys.argv[2],
+                    days_ahead=2, freshness_cadence_s=3600, alert_summary_threshold=100)
 db = connect(settings.effective_database_url)
 alerts = AlertService(db, settings, storage_health=lambda: StorageHealth(True))
 print("ready", flush=True)

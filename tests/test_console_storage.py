@@ -43,7 +43,6 @@ def engine(
         sqlite_url,
         tmp_path / "data",
         demo_upstream.url,
-        blob_backend="supabase",
         supabase_url=storage.url,
         supabase_service_role_key=storage.service_role_key,
         storage_connect_timeout_s=0.5,

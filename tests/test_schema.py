@@ -148,8 +148,16 @@ def test_cli_migrate_then_start(
     from opsdash.cli import main
 
     with pytest.MonkeyPatch.context() as patch:
+        # The whole production set, as an operator exports it; neither command below calls
+        # Supabase or the upstream.
         patch.setenv("DATABASE_URL", pg_schemas.new_url())
         patch.setenv("OPSDASH_DATA_DIR", str(tmp_path))
+        patch.setenv("SUPABASE_URL", "http://127.0.0.1:9")
+        patch.setenv("SUPABASE_SERVICE_ROLE_KEY", "service-key")
+        patch.setenv("MAIDCENTRAL_API_URL", "http://127.0.0.1:9")
+        patch.setenv("MAIDCENTRAL_API_KEY", "upstream-key")
+        for name in ("OPSDASH_DEMO", "OPSDASH_CONFIG", "SUPABASE_JWT_SECRET"):
+            patch.delenv(name, raising=False)
         assert main(["token", "--email", "nobody@example.com"]) == 2
         refused = capsys.readouterr().err
         assert "opsdash migrate" in refused and "Traceback" not in refused

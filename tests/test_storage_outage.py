@@ -55,7 +55,6 @@ def supabase_settings(
         db_url,
         tmp_path / "data",
         upstream.url,
-        blob_backend="supabase",
         supabase_url=project.url,
         supabase_service_role_key=project.service_role_key,
         storage_connect_timeout_s=0.5,

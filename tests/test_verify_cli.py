@@ -52,6 +52,7 @@ def storage() -> Iterator[SupabaseStorageStandIn]:
 def environment(settings: Settings) -> dict[str, str]:
     env = {
         "OPSDASH_DATABASE_URL": settings.effective_database_url,
+        "OPSDASH_DEMO": "1",  # the tests' own database and demo data
         "OPSDASH_DATA_DIR": str(settings.data_dir),
         "OPSDASH_BLOB_BACKEND": settings.effective_blob_backend,
         "COLUMNS": "200",
@@ -76,7 +77,6 @@ def test_verify_finds_lost_and_damaged_objects_and_repair_restores_them(
     project.start()
     if backend == "supabase":
         extra = {
-            "blob_backend": "supabase",
             "supabase_url": project.url,
             "supabase_service_role_key": storage.service_role_key,
         }
@@ -180,6 +180,7 @@ def test_commands_refuse_to_start_on_unusable_storage_with_one_line_and_exit_2(
     make_problem, expected, command = case
     env = {
         "OPSDASH_DATA_DIR": str(tmp_path / "data"),
+        "OPSDASH_DEMO": "1",  # a Supabase project for storage, demo data otherwise
         "OPSDASH_BLOB_BACKEND": "supabase",
         "SUPABASE_URL": storage.url,
         "SUPABASE_SERVICE_ROLE_KEY": storage.service_role_key,

@@ -206,9 +206,10 @@ class System:
             {
                 "DATABASE_URL": self.database_url,
                 "OPSDASH_DATA_DIR": str(self.data_dir),
+                # The upstream is a demo upstream shared by every process: a demo asked for.
+                "OPSDASH_DEMO": "1",
                 "MAIDCENTRAL_API_URL": self.upstream_url,
                 "MAIDCENTRAL_API_KEY": API_KEY,
-                "OPSDASH_BLOB_BACKEND": "local",
                 "OPSDASH_LEASE_S": str(self.lease_s),
                 "OPSDASH_POLL_INTERVAL_S": "0.2",
                 "OPSDASH_RETRY_BASE_S": "0.2",
@@ -338,7 +339,7 @@ class System:
         return Settings(
             database_url=self.database_url,
             data_dir=self.data_dir,
-            blob_backend="local",
+            demo=True,
             supabase_url=None,
             supabase_service_role_key=None,
             supabase_jwt_secret=None,
