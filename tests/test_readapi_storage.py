@@ -40,7 +40,7 @@ def client(db: Database, tmp_path: Path, storage: SupabaseStorageStandIn) -> Ite
     settings = Settings(
         data_dir=tmp_path,
         database_url=db.engine.url.render_as_string(hide_password=False),
-        blob_backend="local",
+        demo=True,  # the test's own database
         supabase_url=None,
         supabase_service_role_key=None,
         supabase_jwt_secret=None,
