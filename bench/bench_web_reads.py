@@ -75,7 +75,7 @@ def prepare(cluster: PgCluster, folder: Path) -> str:
         {
             "DATABASE_URL": url,
             "OPSDASH_DATA_DIR": str(folder / "data"),
-            "OPSDASH_BLOB_BACKEND": "local",
+            "OPSDASH_DEMO": "1",  # the demo upstream against the bench database
         }
     )
     subprocess.run(

@@ -160,7 +160,13 @@ def cli_env(db_url: str, tmp_path: Path) -> dict[str, str]:
         for k, v in os.environ.items()
         if not k.startswith(("OPSDASH_", "DATABASE_", "SUPABASE_"))
     }
-    env.update({"OPSDASH_DATA_DIR": str(tmp_path / "data"), "DATABASE_URL": migrated(db_url)})
+    env.update(
+        {
+            "OPSDASH_DATA_DIR": str(tmp_path / "data"),
+            "DATABASE_URL": migrated(db_url),
+            "OPSDASH_DEMO": "1",  # a test database, no MaidCentral: the demo asked for
+        }
+    )
     return env
 
 
@@ -200,7 +206,7 @@ def test_cli_refuses_a_duplicate_an_empty_password_and_an_unknown_name(
 
     for name in [k for k in os.environ if k.startswith(("OPSDASH_", "DATABASE_", "SUPABASE_"))]:
         monkeypatch.delenv(name)
-    for name in ("OPSDASH_DATA_DIR", "DATABASE_URL"):
+    for name in ("OPSDASH_DATA_DIR", "DATABASE_URL", "OPSDASH_DEMO"):
         monkeypatch.setenv(name, cli_env[name])
 
     def run(*args: str, stdin: str = "") -> tuple[int, str, str]:

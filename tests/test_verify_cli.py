@@ -181,7 +181,6 @@ def test_commands_refuse_to_start_on_unusable_storage_with_one_line_and_exit_2(
     env = {
         "OPSDASH_DATA_DIR": str(tmp_path / "data"),
         "OPSDASH_DEMO": "1",  # a Supabase project for storage, demo data otherwise
-        "OPSDASH_BLOB_BACKEND": "supabase",
         "SUPABASE_URL": storage.url,
         "SUPABASE_SERVICE_ROLE_KEY": storage.service_role_key,
         "OPSDASH_STORAGE_CONNECT_TIMEOUT_S": "1",

@@ -317,6 +317,37 @@ def test_each_console_runs_as_its_signed_in_operator(database_url: str, tmp_path
         wait_until(lambda: web.consoles() == [], what="the console process to exit")
 
 
+def test_consoles_inherit_the_demo_and_config_chosen_on_the_command_line(
+    database_url: str, tmp_path: Path
+) -> None:
+    # Only the command line asks for the demo: each console, a fresh `python -m opsdash`,
+    # reads its environment alone and would refuse the test database without being told.
+    config = tmp_path / "web.toml"
+    config.write_text("workers = 1\n")
+    with running_web(
+        database_url,
+        tmp_path,
+        environment={"OPSDASH_DEMO": ""},
+        args=["--demo", "--config", str(config)],
+    ) as web:
+        web.add_operator("alice", PASSWORD)
+        token = cookie_for(web)
+
+        async def run() -> list[dict[str, str]]:
+            async with aiohttp.ClientSession() as session:
+                websocket = await open_console(session, web, token, Origin=web.url)
+                await first_screen(websocket)
+                seen = web.consoles()
+                await websocket.close()
+                return seen
+
+        consoles = asyncio.run(run())
+        assert len(consoles) == 1
+        assert consoles[0]["OPSDASH_DEMO"] == "1"
+        assert consoles[0]["OPSDASH_CONFIG"] == str(config)
+        wait_until(lambda: web.consoles() == [], what="the console process to exit")
+
+
 def test_the_number_of_running_consoles_is_capped(database_url: str, tmp_path: Path) -> None:
     with running_web(database_url, tmp_path, environment={"OPSDASH_WEB_MAX_SESSIONS": "1"}) as web:
         web.add_operator("alice", PASSWORD)

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,7 +90,7 @@ def web_environment(database_url: str, data_dir: Path, **settings: str) -> dict[
         {
             "DATABASE_URL": database_url,
             "OPSDASH_DATA_DIR": str(data_dir),
-            "OPSDASH_BLOB_BACKEND": "local",
+            "OPSDASH_DEMO": "1",  # a test database and the demo upstream: asked for
             "OPSDASH_WORKERS": "1",
         }
     )
@@ -100,16 +100,20 @@ def web_environment(database_url: str, data_dir: Path, **settings: str) -> dict[
 
 @contextmanager
 def running_web(
-    database_url: str, tmp_path: Path, *, environment: dict[str, str] | None = None
+    database_url: str,
+    tmp_path: Path,
+    *,
+    environment: dict[str, str] | None = None,
+    args: Sequence[str] = (),
 ) -> Iterator[WebServer]:
-    """``opsdash web --port 0`` with the given settings, stopped (SIGTERM) afterwards."""
+    """``opsdash web --port 0 [args]`` with the given settings, stopped (SIGTERM) afterwards."""
     data_dir = tmp_path / "data"
     data_dir.mkdir(exist_ok=True)
     stderr_path = tmp_path / f"web-{len(list(tmp_path.glob('web-*.log')))}.log"
     env = web_environment(database_url, data_dir, **(environment or {}))
     with stderr_path.open("w") as stderr:
         process = subprocess.Popen(
-            [sys.executable, "-m", "opsdash", "web", "--host", "127.0.0.1", "--port", "0"],
+            [sys.executable, "-m", "opsdash", "web", "--host", "127.0.0.1", "--port", "0", *args],
             stdout=subprocess.PIPE,
             stderr=stderr,
             text=True,

@@ -43,6 +43,20 @@ def options_from(settings: Settings, console_environment: dict[str, str]) -> Web
     )
 
 
+def mode_environment(settings: Settings) -> dict[str, str]:
+    """The command line's mode choices (``--demo``, ``--config``) for the console processes.
+
+    Each browser console is a fresh ``python -m opsdash`` that reads only its environment:
+    without these, ``opsdash web --demo`` would start consoles that refuse the database.
+    """
+    environment: dict[str, str] = {}
+    if settings.demo:
+        environment["OPSDASH_DEMO"] = "1"
+    if settings.config_file is not None:
+        environment["OPSDASH_CONFIG"] = str(settings.config_file.resolve())
+    return environment
+
+
 @contextmanager
 def shared_reads(settings: Settings, db: Database) -> Iterator[dict[str, str]]:
     """The one refresh the browser consoles read through; what tells them where it is."""
@@ -69,7 +83,9 @@ def run_web(settings: Settings, *, host: str, port: int) -> int:
             server = ConsoleServer(
                 verify=lambda name, password: operators.verify_operator(db, name, password),
                 lookup=lambda name: operators.find_operator(db, name),
-                options=options_from(settings, console_environment),
+                options=options_from(
+                    settings, {**mode_environment(settings), **console_environment}
+                ),
                 host=host,
                 port=port,
             )
