@@ -12,6 +12,7 @@ import threading
 from collections.abc import Sequence
 from datetime import date, datetime, timedelta
 from types import FrameType
+from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import func, select
@@ -56,18 +57,19 @@ def _parse_ttl(text: str) -> timedelta:
 def _mode_options(defaults: bool) -> argparse.ArgumentParser:
     """--demo and --config, accepted before or after the command (``opsdash sync --demo``)."""
     options = argparse.ArgumentParser(add_help=False)
-    unset = {} if defaults else {"default": argparse.SUPPRESS}
+    # After the command, an option left out must not overwrite one given before it.
+    default: Any = None if defaults else argparse.SUPPRESS
     options.add_argument(
         "--demo",
         action="store_true",
         help="run the demo upstream against the configured database (also OPSDASH_DEMO=1)",
-        **unset,  # type: ignore[arg-type]
+        default=False if defaults else argparse.SUPPRESS,
     )
     options.add_argument(
         "--config",
         metavar="FILE",
         help="TOML settings file (also OPSDASH_CONFIG; default: opsdash.toml in the data folder)",
-        **({"default": None} if defaults else unset),  # type: ignore[arg-type]
+        default=default,
     )
     return options
 
