@@ -21,14 +21,14 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from opsdash.config import Settings
 from opsdash.engine.db import Database, connect
-from opsdash.engine.models import Company
+from opsdash.engine.models import Company, table_of
 
 HTTP_TIMEOUT_S = 10.0
 # Leases, backoff deadlines and the rows the original Edge Functions insert mix the
 # engine's clock with the database's ``now()``; seconds apart is harmless, more is not.
 MAX_CLOCK_SKEW_S = 5.0
 AUTH_USERS_PATH = "/auth/v1/admin/users"
-COMPANIES = Company.__table__  # type: ignore[attr-defined]
+COMPANIES = table_of(Company)
 
 
 @dataclass(frozen=True)
