@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import tomllib
 from enum import StrEnum
 from pathlib import Path
@@ -32,6 +33,7 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
+from pydantic_settings.exceptions import SettingsError
 
 from opsdash.datafolder import read_or_create_secret
 
@@ -454,3 +456,17 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**chosen)
     except ValidationError as error:
         raise ConfigurationError(describe_validation_error(error)) from None
+    except SettingsError as error:
+        raise ConfigurationError(describe_settings_error(error)) from None
+
+
+def describe_settings_error(error: SettingsError) -> str:
+    """A value the environment source could not even parse (a list that is not JSON)."""
+    found = re.search(r'field "(\w+)"', str(error))
+    name = setting_name(found[1]) if found else "configuration"
+    cause = error.__cause__
+    detail = f" ({cause})" if cause is not None else ""
+    if str(error).startswith("error parsing value"):
+        # Only list-valued settings are parsed from the environment, as JSON.
+        return f'{name}: not a JSON list such as ["https://a.example"]{detail}'
+    return f"{name}: cannot be read{detail}"

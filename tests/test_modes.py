@@ -343,6 +343,7 @@ def test_the_data_folder_file_and_an_explicit_file_are_read_and_logged(tmp_path:
         ("OPSDASH_SYNC_CRON", "61 * * * *", "not a cron expression"),
         ("OPSDASH_WORKERS", "-1", "greater than or equal to 0"),
         ("SUPABASE_URL", "db.example.supabase.co", "not an http(s) URL"),
+        ("OPSDASH_CORS_ORIGINS", "https://portal.example.com", "not a JSON list"),
     ],
 )
 def test_invalid_settings_are_refused_at_load_time_by_name(
