@@ -249,6 +249,9 @@ def _configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    # Alembic lists its autogenerate plugins and dialect each time the schema version is
+    # read (every start); the migrations it runs are still logged.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 
 def _console(settings: Settings) -> int:
