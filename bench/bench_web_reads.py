@@ -13,8 +13,9 @@ seconds, closes them, and reports every statement the bench database ran meanwhi
 consoles made: without shared reads, the jobs-table page reads the database counted;
 with them, the page reads the web process was asked for (it logs them when it stops).
 
-The consoles run with ``OPSDASH_WORKERS=0``: the figures are what viewing costs, not
-what workers polling for jobs cost (a console that runs workers adds its own polls).
+The consoles run with ``OPSDASH_WORKERS=0`` unless ``--console-workers N``: the figures
+are what viewing costs, not what workers polling for jobs cost (every console hosts an
+engine, and one that runs workers adds its own polls).
 On a small machine the consoles compete for the CPU, so how often each one manages to
 refresh varies; statements per refresh is the figure that compares.
 """
@@ -190,12 +191,13 @@ def measure(
     shared: bool,
     window: float,
     breakdown: bool = False,
+    workers: int = 0,
 ) -> Figures:
     run_dir = Path(tempfile.mkdtemp(dir=folder))
     settings = {
         "OPSDASH_WEB_SHARED_READS": "true" if shared else "false",
         "OPSDASH_WEB_MAX_SESSIONS": str(max(8, sessions)),
-        "OPSDASH_WORKERS": "0",
+        "OPSDASH_WORKERS": str(workers),
     }
     with running_web(url, run_dir, environment=settings) as web:
         with httpx.Client(base_url=web.url) as client:
@@ -232,6 +234,12 @@ def main() -> int:
     parser.add_argument(
         "--breakdown", action="store_true", help="the most frequent statements of each run"
     )
+    parser.add_argument(
+        "--console-workers",
+        type=int,
+        default=0,
+        help="worker threads in each console's engine (OPSDASH_WORKERS; default 0)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder_name:
         folder = Path(folder_name)
@@ -256,6 +264,7 @@ def main() -> int:
                         shared=shared,
                         window=args.window,
                         breakdown=args.breakdown,
+                        workers=args.console_workers,
                     )
                     print(figures.row(), flush=True)
     return 0

@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import ipaddress
 import re
+import socket
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -407,3 +408,36 @@ def test_a_disabled_operator_cannot_open_a_console_with_an_old_session(web: WebS
     assert asyncio.run(attempt()) == 401
     with httpx.Client(base_url=web.url, cookies={"opsdash_session": token}) as client:
         assert client.get("/").status_code == 302  # the session ended with the refusal
+
+
+def test_a_console_that_cannot_start_closes_the_page_instead_of_hanging(
+    database_url: str, tmp_path: Path
+) -> None:
+    # Signing in needs only the database; a console also needs its blob store, and this
+    # one is a storage server that is not there, so every console exits at once.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        nobody = probe.getsockname()[1]
+    broken = {
+        "SUPABASE_URL": f"http://127.0.0.1:{nobody}",
+        "SUPABASE_SERVICE_ROLE_KEY": "not-a-key",
+    }
+    with running_web(database_url, tmp_path, environment=broken) as web:
+        web.add_operator("alice", PASSWORD)
+        token = cookie_for(web)
+
+        async def run() -> aiohttp.WSMessage:
+            async with aiohttp.ClientSession() as session:
+                websocket = await open_console(session, web, token)
+                while True:
+                    message = await websocket.receive(timeout=90)
+                    if message.type != aiohttp.WSMsgType.BINARY:
+                        return message
+
+        closing = asyncio.run(run())
+        assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+        with httpx.Client(base_url=web.url, cookies={"opsdash_session": token}) as client:
+            wait_until(lambda: client.get("/").status_code == 200, what="the slot to be free")
+        assert "console of alice ended" in web.log()
+        # (textual-serve relays a console's error output to the server's standard output)
+        wait_until(lambda: any("blob store" in line for line in web.lines), seen=web.lines.copy)

@@ -99,6 +99,13 @@ class OperatorAppService(AppService):
         self.operator = operator
         self._extra_environment = dict(extra_environment)
 
+    async def run(self) -> None:
+        await super().run()
+        # The console's output ended. After a normal quit the page was told already; a
+        # console that failed to start or died did not say so, and without this the page
+        # would wait for it forever.
+        await self.remote_close()
+
     def _build_environment(self, width: int = 80, height: int = 24) -> dict[str, str]:
         environment = super()._build_environment(width=width, height=height)
         for name in SET_HERE_ONLY:
