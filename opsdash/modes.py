@@ -14,6 +14,9 @@
 
 from __future__ import annotations
 
+import difflib
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -94,8 +97,76 @@ def _missing_lines(missing: list[Requirement]) -> str:
     )
 
 
+# Prefixes of the names an operator sets opsdash by; a near miss among them is a typo.
+SETTING_PREFIXES = ("OPSDASH_", "SUPABASE_", "MAIDCENTRAL_", "DATABASE_")
+NEAR_MISS_CUTOFF = 0.85
+# Set by Supabase's own platform and tools in the environments opsdash runs in; they
+# resemble opsdash's names without being typos of them.
+OTHER_TOOLS_NAMES = frozenset(
+    {
+        "SUPABASE_DB_URL",
+        "SUPABASE_ANON_KEY",
+        "SUPABASE_PUBLISHABLE_KEY",
+        "SUPABASE_SECRET_KEY",
+        "SUPABASE_ACCESS_TOKEN",
+        "SUPABASE_PROJECT_ID",
+        "SUPABASE_PROJECT_REF",
+        "SUPABASE_DB_PASSWORD",
+    }
+)
+
+
+def known_names(settings: type[Settings]) -> set[str]:
+    """Every environment name a setting is read by (``OPSDASH_X`` and the standard one)."""
+    from opsdash.config import setting_name
+
+    names = set()
+    for field, info in settings.model_fields.items():
+        names.add(setting_name(field))
+        names.add(f"OPSDASH_{field.upper()}")
+        choices = getattr(info.validation_alias, "choices", ())
+        names.update(choice for choice in choices if isinstance(choice, str) and choice.isupper())
+    return names
+
+
+def misspelt_names(settings: type[Settings], environment: Mapping[str, str]) -> list[str]:
+    """Set names that are not settings but nearly are: "X (did you mean Y?)".
+
+    A typo in a production name (``MAIDCENTRAL_APIURL``) would otherwise be ignored
+    without a word, and opsdash would start in another mode than the one meant.
+    """
+    known = known_names(settings)
+    found = []
+    for name in sorted(environment):
+        if name in known or name in OTHER_TOOLS_NAMES or not name.startswith(SETTING_PREFIXES):
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=NEAR_MISS_CUTOFF)
+        if close:
+            found.append(f"{name} (did you mean {close[0]}?)")
+    return found
+
+
 def check_complete(settings: Settings) -> None:
-    """Raise :class:`ConfigurationError` unless the settings choose one mode completely."""
+    """Raise :class:`ConfigurationError` unless the settings choose one mode completely,
+    or when the environment sets a name that is nearly, but not, a setting."""
+    misspelt = misspelt_names(type(settings), os.environ)
+    try:
+        _check_mode(settings)
+    except ConfigurationError as refusal:
+        if misspelt:
+            raise ConfigurationError(f"{refusal}\n{_misspelt_lines(misspelt)}") from None
+        raise
+    if misspelt:
+        raise ConfigurationError(_misspelt_lines(misspelt))
+
+
+def _misspelt_lines(misspelt: list[str]) -> str:
+    return "Not a setting opsdash knows, so it would be ignored:\n" + "\n".join(
+        f"  {line}" for line in misspelt
+    )
+
+
+def _check_mode(settings: Settings) -> None:
     if settings.demo:
         _check_demo(settings)
         return

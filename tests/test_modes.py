@@ -142,6 +142,34 @@ def test_a_typo_in_the_upstream_name_never_starts_the_demo_against_postgres(
     assert result.returncode == 2
     assert "  MAIDCENTRAL_API_URL " in result.stderr
     assert tables_in(pg_url) == [], "the real database must be left alone"
+    assert "MAIDCENTRAL_APIURL (did you mean MAIDCENTRAL_API_URL?)" in result.stderr
+
+
+def test_a_misspelt_name_alone_is_refused_by_name_not_ignored(tmp_path: Path) -> None:
+    # Nothing else set: without the check this would start the embedded demo, silently.
+    env = clean_env(tmp_path / "data", SUPABASE_SERVICE_KEY="service-key")
+    result = opsdash("sync", env=env, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "SUPABASE_SERVICE_KEY (did you mean SUPABASE_SERVICE_ROLE_KEY?)" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "data").exists(), "nothing may be written before the refusal"
+
+
+def test_names_other_tools_set_and_unrelated_names_are_left_alone() -> None:
+    from opsdash.modes import misspelt_names
+
+    environment = {
+        "SUPABASE_DB_URL": "postgresql://…",  # Supabase's own, not a typo of SUPABASE_URL
+        "SUPABASE_ANON_KEY": "anon",
+        "OPSDASH_REQUIRE_POSTGRES": "1",  # the test suite's own switch
+        "DATABASE_URL": "sqlite://",
+        "OPSDASH_DEMO": "1",
+        "HOME": "/root",
+    }
+    assert misspelt_names(Settings, environment) == []
+    assert misspelt_names(Settings, {"OPSDASH_WORKER": "4"}) == [
+        "OPSDASH_WORKER (did you mean OPSDASH_WORKERS?)"
+    ]
 
 
 def test_sqlite_elsewhere_needs_the_demo_asked_for(tmp_path: Path) -> None:
