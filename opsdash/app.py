@@ -356,7 +356,12 @@ def run_console(settings: Settings) -> int:
         operator = _operator(settings, engine)
         if operator is None:
             return 2
-        engine.start()
+        if settings.console == "web":
+            # The engine runs once, in `opsdash web` (or in `opsdash worker`s): a browser
+            # console only looks and acts through the queue.
+            engine.start(workers=0, scheduler=False)
+        else:
+            engine.start()
         OpsdashApp(
             engine,
             operator=operator,

@@ -89,7 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=int, default=None, help="with --serve: HTTP worker processes"
     )
     parser.add_argument(
-        "--no-engine", action="store_true", help="with --serve: API only, no scheduler or workers"
+        "--no-engine",
+        action="store_true",
+        help="with --serve or web: no scheduler or workers in this process",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -276,7 +278,9 @@ def _web(settings: Settings, args: argparse.Namespace) -> int:
     from opsdash.web.launch import WebConfigError, run_web
 
     try:
-        return run_web(settings, host=args.web_host, port=args.web_port)
+        return run_web(
+            settings, host=args.web_host, port=args.web_port, with_engine=not args.no_engine
+        )
     except WebConfigError as error:
         raise CliError(str(error)) from None
 

@@ -192,6 +192,35 @@ async def test_the_terminal_console_acts_and_is_audited(synced_engine: Engine) -
 # --- OPSDASH_OPERATOR: the browser console's server names the operator -------------------
 
 
+def test_a_browser_console_hosts_no_workers_or_scheduler_and_a_terminal_console_does(
+    tmp_path: Path,
+    sqlite_url: str,
+    demo_upstream: DemoUpstream,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`opsdash web` hosts the one engine; each open page would otherwise add another."""
+    hosted: list[tuple[str, bool, bool]] = []
+
+    def capture(app: OpsdashApp) -> None:
+        engine = app.engine
+        hosted.append((app.console_kind, engine.pool is not None, engine.scheduler is not None))
+
+    monkeypatch.setattr(OpsdashApp, "run", capture)
+
+    def settings(**overrides: object) -> Any:
+        return engine_settings(
+            sqlite_url, tmp_path / "data", demo_upstream.url, workers=2, **overrides
+        )
+
+    engine = Engine(settings())
+    add_operator(engine.db, "viewer", "pw", read_only=True)
+    engine.stop()
+
+    assert run_console(settings(operator="viewer", console="web")) == 0
+    assert run_console(settings()) == 0
+    assert hosted == [("web", False, False), ("terminal", True, True)]
+
+
 def test_the_console_takes_the_named_operators_role_and_refuses_an_unknown_or_disabled_one(
     tmp_path: Path,
     sqlite_url: str,

@@ -14,6 +14,7 @@ from pathlib import Path
 from opsdash.config import Settings
 from opsdash.engine import operators
 from opsdash.engine.db import Database, connect
+from opsdash.engine.runtime import Engine
 from opsdash.engine.schema import ensure_schema
 from opsdash.engine.sqltypes import utcnow
 from opsdash.shared_reads import SharedReadServer
@@ -75,9 +76,21 @@ def shared_reads(settings: Settings, db: Database) -> Iterator[dict[str, str]]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def run_web(settings: Settings, *, host: str, port: int) -> int:
-    db = connect(settings.effective_database_url, pooler=settings.db_pooler)
+def run_web(settings: Settings, *, host: str, port: int, with_engine: bool = True) -> int:
+    """Serve the consoles; with ``with_engine``, this process also hosts the one engine
+    (workers and scheduler) of this deployment's web console.
+
+    A browser console runs no workers or scheduler of its own: eight open pages would
+    otherwise be eight engines, each claiming jobs and planning the hourly sync, and a
+    page closed mid-job would stop a worker.
+    """
+    engine = Engine(settings) if with_engine else None
+    db = (
+        engine.db if engine else connect(settings.effective_database_url, pooler=settings.db_pooler)
+    )
     try:
+        if engine is not None:
+            engine.start()
         ensure_schema(db)
         with shared_reads(settings, db) as console_environment:
             server = ConsoleServer(
@@ -98,6 +111,9 @@ def run_web(settings: Settings, *, host: str, port: int) -> int:
 
             asyncio.run(serve(server, ready=ready))
     finally:
-        db.dispose()
+        if engine is not None:
+            engine.stop()
+        else:
+            db.dispose()
     print("opsdash web: stopped", file=sys.stderr)
     return 0
