@@ -121,6 +121,10 @@ class Settings(BaseSettings):
     # A transaction-mode pooler between opsdash and Postgres; "auto" reads the URL
     # (port 6543 or ?pgbouncer=true).
     db_pooler: Literal["auto", "transaction", "none"] = "auto"
+    # A frozen or overloaded database answers callers with an error within these bounds.
+    db_connect_timeout_s: float = Field(default=5.0, ge=2, le=60)
+    db_statement_timeout_s: float = Field(default=5.0, gt=0, le=300)
+    db_pool_timeout_s: float = Field(default=5.0, gt=0, le=60)
     blob_bucket: str = "schedule-data"
     # Every storage call gives up connecting / waiting for an answer after these.
     storage_connect_timeout_s: float = Field(default=3.0, gt=0)
@@ -148,7 +152,9 @@ class Settings(BaseSettings):
     maidcentral_api_key: str | None = Field(
         default=None, validation_alias=_env("MAIDCENTRAL_API_KEY")
     )
-    upstream_timeout_s: float = Field(default=30.0, gt=0)
+    # How long one upstream request may take. MaidCentral answers a week of one company
+    # in well under a second; a request hanging longer holds a worker and its jobs.
+    upstream_timeout_s: float = Field(default=20.0, gt=0, le=60)
     upstream_attempts: int = Field(default=3, ge=1)
     upstream_backoff_max_s: float = Field(default=8.0, ge=0)
     upstream_rate_per_minute: int = Field(default=100, ge=1)

@@ -7,6 +7,7 @@ or transaction they need.
 from __future__ import annotations
 
 import fcntl
+import math
 import sqlite3
 import time
 import uuid
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import orjson
+import psycopg
 from sqlalchemy import (
     Connection,
     Engine,
@@ -257,18 +259,55 @@ PoolerMode = Literal["auto", "transaction", "none"]
 TRANSACTION_POOLER_PORT = 6543
 
 
-def connect(url: str, *, pool_size: int = 10, pooler: PoolerMode = "auto") -> Database:
+@dataclass(frozen=True)
+class DbTimeouts:
+    """How long a caller waits on the database before it gets an error.
+
+    A frozen server (stopped, swapping, a dead host whose TCP stack still answers)
+    accepts connections and queries and never replies; without these bounds a
+    caller waits as long as the freeze lasts.
+    """
+
+    connect_s: float = 5.0  # opening a connection (libpq's connect_timeout, at least 2 s)
+    statement_s: float = 5.0  # the server's statement_timeout; the client gives up 1 s later
+    pool_s: float = 5.0  # waiting for a free pooled connection
+    ping_s: float = 2.0  # the liveness check of a pooled connection before it is handed out
+
+    @classmethod
+    def of(cls, settings: Any) -> DbTimeouts:
+        """From the settings' ``db_*_timeout_s`` fields."""
+        return cls(
+            connect_s=settings.db_connect_timeout_s,
+            statement_s=settings.db_statement_timeout_s,
+            pool_s=settings.db_pool_timeout_s,
+        )
+
+    @property
+    def answer_s(self) -> float:
+        # Past the server's own statement_timeout, so a live server always answers first
+        # (with a clean "canceling statement" error); only a frozen one hits this.
+        return self.statement_s + 1.0
+
+
+def connect(
+    url: str,
+    *,
+    pool_size: int = 10,
+    pooler: PoolerMode = "auto",
+    timeouts: DbTimeouts | None = None,
+) -> Database:
     """Open the database at ``url`` (creating an SQLite file's folder if needed).
 
     ``pooler`` says whether a transaction-mode pooler (PgBouncer, Supabase's pooler)
     stands between us and Postgres; ``auto`` decides from the URL (see
-    ``behind_transaction_pooler``).
+    ``behind_transaction_pooler``). ``timeouts`` bound every wait on the database.
     """
+    timeouts = timeouts or DbTimeouts()
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        return Database(_sqlite_engine(url, parsed.database))
+        return Database(_sqlite_engine(url, parsed.database, timeouts))
     pooled = behind_transaction_pooler(parsed, pooler)
-    connect_args: dict[str, Any] = {"connect_timeout": 5}
+    connect_args: dict[str, Any] = {"connect_timeout": max(2, math.ceil(timeouts.connect_s))}
     if pooled:
         # A pooler hands each transaction to whichever server connection is free: a
         # statement prepared on one is missing on (or clashes with) the next, so
@@ -279,12 +318,10 @@ def connect(url: str, *, pool_size: int = 10, pooler: PoolerMode = "auto") -> Da
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=True,
+        pool_timeout=timeouts.pool_s,
         connect_args=connect_args,
     )
-    if not pooled:
-        # Through a pooler a session SET would leak to other clients' transactions
-        # and not stay with ours, so commits keep the server's durability there.
-        _relax_commit_durability(engine)
+    _bound_waits(engine, timeouts, pooled=pooled)
     return Database(engine, pooled=pooled)
 
 
@@ -301,21 +338,69 @@ def behind_transaction_pooler(url: URL, pooler: PoolerMode = "auto") -> bool:
     return url.port == TRANSACTION_POOLER_PORT or flag in {"true", "1", "yes"}
 
 
-def _relax_commit_durability(engine: Engine) -> None:
-    """Commits don't wait for the WAL flush (``synchronous_commit = off``).
+class _BoundedConnection(psycopg.Connection):  # type: ignore[type-arg]
+    """A psycopg connection that stops waiting for the server after ``answer_timeout_s``.
 
-    A crash of the Postgres server can lose the last fraction of a second of
-    commits, never corrupt anything. For the queue that means a job may run
-    again, which is harmless: every effect is idempotent (same blob bytes,
-    upserted metadata, deduplicated enqueues). It saves a disk flush per
-    transaction, the engine's main cost on Postgres.
+    psycopg waits for a reply as long as it takes; a server that is frozen (SIGSTOP,
+    a hung host) never sends one. On timeout the connection is closed (it is midway
+    through the protocol and unusable), so the pool discards it.
     """
 
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        with dbapi_connection.cursor() as cursor:
-            cursor.execute("SET synchronous_commit = off")
-        dbapi_connection.commit()
+    answer_timeout_s: float | None = None
+
+    def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
+        limit = timeout if timeout is not None else self.answer_timeout_s
+        try:
+            return super().wait(gen, interval, limit)
+        except psycopg.OperationalError as error:
+            if not isinstance(error, _WAIT_TIMEOUT) or timeout is not None:
+                raise
+            self.pgconn.finish()
+            raise psycopg.OperationalError(
+                f"the database did not answer within {limit:g} s (server frozen or overloaded?)"
+            ) from None
+
+
+_WAIT_TIMEOUT: type[Exception] = getattr(psycopg.errors, "_WaitTimeout", TimeoutError)
+
+
+def _bound_waits(engine: Engine, timeouts: DbTimeouts, *, pooled: bool) -> None:
+    """Server-side statement_timeout plus a client-side limit on every wait for a reply.
+
+    Commits wait for the WAL flush (the server's default ``synchronous_commit``): what
+    the engine reports as queued, claimed or completed survives a crash of the server.
+    """
+
+    @event.listens_for(engine, "do_connect")
+    def _open(_dialect: Any, _record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
+        connection = _BoundedConnection.connect(*cargs, **cparams)
+        connection.answer_timeout_s = timeouts.answer_s
+        return connection
+
+    if not pooled:
+        # Through a transaction-mode pooler a session SET would leak to other clients'
+        # transactions and not stay with ours (and a SET LOCAL in every transaction
+        # costs a round trip each); there the client-side limit above bounds each wait,
+        # and the server's limit belongs on the role (ALTER ROLE … SET statement_timeout).
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            with dbapi_connection.cursor() as cursor:
+                cursor.execute(f"SET statement_timeout = {int(timeouts.statement_s * 1000)}")
+            dbapi_connection.commit()
+
+    # A pooled connection is pinged before use; a frozen server must fail that quickly,
+    # so that the caller gets its error (or a fresh connection) in seconds.
+    ping = engine.dialect.do_ping
+
+    def _quick_ping(dbapi_connection: Any) -> bool:
+        saved = dbapi_connection.answer_timeout_s
+        dbapi_connection.answer_timeout_s = timeouts.ping_s
+        try:
+            return ping(dbapi_connection)
+        finally:
+            dbapi_connection.answer_timeout_s = saved
+
+    engine.dialect.do_ping = _quick_ping  # type: ignore[method-assign]
 
 
 def _enable_wal(cursor: Any, attempts: int = 50) -> None:
@@ -335,7 +420,7 @@ def _enable_wal(cursor: Any, attempts: int = 50) -> None:
             time.sleep(0.02 * (attempt + 1))
 
 
-def _sqlite_engine(url: str, database: str | None) -> Engine:
+def _sqlite_engine(url: str, database: str | None, timeouts: DbTimeouts) -> Engine:
     if database and database != ":memory:":
         # Created 0600 before SQLite opens it: SQLite gives its -wal and -shm files the
         # database file's mode, so all three stay private to the owner.
@@ -345,6 +430,7 @@ def _sqlite_engine(url: str, database: str | None) -> Engine:
         connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False},
         pool_size=20,
         max_overflow=20,
+        pool_timeout=timeouts.pool_s,
     )
 
     @event.listens_for(engine, "connect")

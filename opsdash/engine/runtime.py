@@ -24,7 +24,7 @@ from opsdash.engine import audit, coordinator, freshness, ledger, queue, retenti
 from opsdash.engine.alerting.service import AlertService, StorageHealth
 from opsdash.engine.auth_users import AuthAdmin
 from opsdash.engine.blobs import BlobStore, LocalBlobStore, SupabaseBlobStore
-from opsdash.engine.db import Database, connect
+from opsdash.engine.db import Database, DbTimeouts, connect
 from opsdash.engine.freshness import CompanyFreshness
 from opsdash.engine.handlers import HandlerContext
 from opsdash.engine.models import ACTIVE_STATUSES, BackgroundJob, Company
@@ -93,7 +93,11 @@ class Engine:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         secure_existing(settings.data_dir)
-        self.db: Database = connect(settings.effective_database_url, pooler=settings.db_pooler)
+        self.db: Database = connect(
+            settings.effective_database_url,
+            pooler=settings.db_pooler,
+            timeouts=DbTimeouts.of(settings),
+        )
         try:
             self.blobs: BlobStore = open_blob_store(settings)
         except Exception:

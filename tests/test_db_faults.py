@@ -1,0 +1,172 @@
+"""Postgres crashes and freezes, on a cluster of the test's own (never the shared server)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
+
+from opsdash.demo.server import DemoUpstream
+from opsdash.engine import queue
+from opsdash.engine.db import DbTimeouts, connect, create_schema
+from opsdash.engine.models import Company, JobStatus
+from tests.pgcluster import PgCluster, available
+from tests.test_readapi_server import free_port
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not available(), reason="needs initdb and a postgres user"),
+]
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def timed(call: Callable[[], object]) -> tuple[float, BaseException | None]:
+    started = time.monotonic()
+    try:
+        call()
+    except Exception as error:
+        return time.monotonic() - started, error
+    return time.monotonic() - started, None
+
+
+def cli_env(url: str, data_dir: Path, upstream: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPSDASH_", "DATABASE_"))}
+    env.update(
+        {
+            "DATABASE_URL": url,
+            "OPSDASH_DATA_DIR": str(data_dir),
+            "MAIDCENTRAL_API_URL": upstream,
+            "MAIDCENTRAL_API_KEY": "test-key",
+        }
+    )
+    return env
+
+
+def test_what_sync_reported_as_queued_and_claimed_survives_a_server_crash(
+    tmp_path: Path,
+) -> None:
+    # The WAL writer flushes only every 10 s here: a commit that does not wait for its
+    # own flush is lost by a crash right after it, as it was with synchronous_commit=off.
+    with PgCluster.create(wal_writer_delay="10s") as cluster:
+        db = connect(cluster.url)
+        create_schema(db)
+        with db.session() as session:
+            for number in range(40):
+                session.add(Company(service_company_id=f"{2000 + number}", name=f"C{number}"))
+            session.commit()
+        db.dispose()
+        with DemoUpstream(companies=1, api_key="test-key") as upstream:
+            sync = subprocess.run(
+                [sys.executable, "-m", "opsdash", "sync"],
+                env=cli_env(cluster.url, tmp_path / "data", upstream.url),
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+        assert sync.returncode == 0, sync.stderr
+        assert "queued 281 of 281 planned jobs" in sync.stdout
+        db = connect(cluster.url)
+        worker = queue.new_worker_id()
+        claimed = queue.claim(db, worker, lease_s=60)
+        db.dispose()
+        assert claimed
+
+        cluster.crash()
+        cluster.start()
+
+        db = connect(cluster.url)
+        try:
+            with db.read() as conn:
+                queued = conn.execute(text("SELECT COUNT(*) FROM background_jobs")).scalar()
+                running = conn.execute(
+                    text("SELECT COUNT(*) FROM background_jobs WHERE locked_by = :me"),
+                    {"me": worker},
+                ).scalar()
+            assert queued == 281
+            assert running == len(claimed)
+        finally:
+            db.dispose()
+
+
+def test_a_frozen_database_gives_errors_within_seconds(pg_cluster: PgCluster) -> None:
+    db = connect(pg_cluster.url, timeouts=DbTimeouts(connect_s=2, statement_s=2, pool_s=2))
+    create_schema(db)
+    queue.enqueue(db, [queue.users_job()])
+    # A connection checked out before the freeze, waiting on a reply that never comes.
+    held = db.engine.connect()
+    held.execute(text("SELECT 1"))
+    try:
+        with pg_cluster.frozen():
+            took, error = timed(lambda: held.execute(text("SELECT 1")))
+            assert isinstance(error, OperationalError), error
+            assert "did not answer within 3 s" in str(error)
+            assert took < 5
+            # A pooled connection: the ping gives up, then a new connection times out.
+            took, error = timed(lambda: queue.claim(db, queue.new_worker_id(), lease_s=60))
+            assert isinstance(error, OperationalError), error
+            assert took < 6
+        # Thawed: the pool recovers by itself.
+        held.close()
+        assert queue.claim(db, queue.new_worker_id(), lease_s=60)
+        with db.read() as conn:
+            assert conn.execute(text("SELECT status FROM background_jobs")).scalar() == (
+                JobStatus.RUNNING
+            )
+    finally:
+        db.dispose()
+
+
+def test_readyz_answers_503_within_seconds_while_the_database_is_frozen(
+    pg_cluster: PgCluster, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPSDASH_", "DATABASE_"))}
+    env.update(
+        {
+            "DATABASE_URL": pg_cluster.url,
+            "OPSDASH_DATA_DIR": str(tmp_path / "data"),
+            "OPSDASH_DB_STATEMENT_TIMEOUT_S": "2",
+            "OPSDASH_DB_CONNECT_TIMEOUT_S": "2",
+            "OPSDASH_DB_POOL_TIMEOUT_S": "2",
+        }
+    )
+    log = (tmp_path / "serve.log").open("w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "opsdash", "--serve", "--no-engine", "--port", str(port)],
+        env=env,
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()
+            try:
+                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the server never became ready"
+            time.sleep(0.1)
+        with pg_cluster.frozen():
+            for _ in range(3):
+                started = time.monotonic()
+                answer = httpx.get(f"{base}/readyz", timeout=15)
+                assert answer.status_code == 503, answer.text
+                assert time.monotonic() - started < 6
+        ready = httpx.get(f"{base}/readyz", timeout=15)
+        assert ready.status_code == 200, ready.text
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
