@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import signal
 import sys
@@ -226,7 +227,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"opsdash: invalid configuration:\n{error}", file=sys.stderr)
         return 2
     except OperationalError as error:
-        print(f"opsdash: database unreachable: {error.orig}", file=sys.stderr)
+        from opsdash.engine.db import describe_error
+
+        print(f"opsdash: {describe_error(error)}", file=sys.stderr)
         return 3
     except CliError as error:
         print(f"opsdash: {error}", file=sys.stderr)
@@ -285,10 +288,22 @@ def _web(settings: Settings, args: argparse.Namespace) -> int:
         raise CliError(str(error)) from None
 
 
+EXIT_INTERRUPTED = 130  # the shell's code for a command stopped by Ctrl-C
+
+
 def _wait_for_signal() -> threading.Event:
+    """An event set by the first SIGINT/SIGTERM; a second one exits at once.
+
+    The first asks for a prompt, clean stop (jobs released); an operator who sends
+    another does not want to wait even for that, and whatever is still held is left
+    to rescue.
+    """
     stop = threading.Event()
 
-    def _handle(_signum: int, _frame: FrameType | None) -> None:
+    def _handle(signum: int, _frame: FrameType | None) -> None:
+        if stop.is_set():
+            print("opsdash: second signal: exiting at once", file=sys.stderr, flush=True)
+            os._exit(128 + signum)
         stop.set()
 
     signal.signal(signal.SIGINT, _handle)
@@ -361,6 +376,14 @@ def _follow_progress(engine: object, since: datetime) -> int:
             stop.wait(0.25)
     by_status = counts()
     summary = ", ".join(f"{count} {status}" for status, count in sorted(by_status.items()))
+    if stop.is_set():
+        print(
+            f"interrupted: {summary}; upstream calls: {engine.upstream.calls}. "
+            "Running jobs are released; unfinished ones run on the next `opsdash sync --wait` "
+            "or in any `opsdash worker`.",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
     print(f"done: {summary}; upstream calls: {engine.upstream.calls}")
     return 1 if by_status.get("failed") else 0
 
@@ -377,7 +400,7 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         _wait_for_signal().wait()
-        print("stopping: finishing or releasing running jobs…", file=sys.stderr)
+        print("stopping: releasing running jobs (a second signal exits at once)…", file=sys.stderr)
     return 0
 
 

@@ -57,8 +57,8 @@ def test_sync_one_day_of_one_company(cli_env: dict[str, str]) -> None:
     result = opsdash("sync", "--company", "1002", "--date", "2026-12-24", "--wait", env=cli_env)
     assert result.returncode == 0, result.stderr
     assert "queued 1 of 1 planned jobs" in result.stdout
-    stored = Path(cli_env["OPSDASH_DATA_DIR"], "blobs", "1002", "2026-12-24", "schedule.json")
-    assert stored.exists()
+    day_folder = Path(cli_env["OPSDASH_DATA_DIR"], "blobs", "1002", "2026-12-24")
+    assert [file.name.startswith("schedule-") for file in day_folder.iterdir()] == [True]
 
 
 def test_unknown_company_is_a_clear_error(cli_env: dict[str, str]) -> None:

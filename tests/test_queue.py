@@ -131,9 +131,9 @@ def test_heartbeat_renews_only_own_running_jobs(db: Database) -> None:
     worker = queue.new_worker_id()
     [job] = queue.claim(db, worker, lease_s=LEASE, now=T0)
     later = T0 + timedelta(seconds=20)
-    assert queue.heartbeat(db, worker, [job.id], lease_s=LEASE, now=later) == 1
+    assert queue.heartbeat(db, worker, [job.id], lease_s=LEASE, now=later) == {job.id}
     assert load(db, job.id).lease_expires_at == later + timedelta(seconds=LEASE)
-    assert queue.heartbeat(db, "someone-else", [job.id], lease_s=LEASE, now=later) == 0
+    assert queue.heartbeat(db, "someone-else", [job.id], lease_s=LEASE, now=later) == set()
 
 
 def test_complete_records_result_and_duration(db: Database) -> None:
@@ -232,18 +232,75 @@ def test_rescue_requeues_expired_lease_and_fences_the_old_worker(db: Database) -
     [stale] = queue.claim(db, dead, lease_s=LEASE, now=T0)
     assert queue.rescue(db, now=T0 + timedelta(seconds=LEASE - 1)) == queue.RescueResult()
     after = T0 + timedelta(seconds=LEASE + 1)
-    assert queue.rescue(db, now=after) == queue.RescueResult(requeued=1)
+    assert queue.rescue(db, retry_base_s=10, now=after) == queue.RescueResult(requeued=1)
     rescued = load(db, stale.id)
     assert (rescued.status, rescued.rescue_count) == (JobStatus.PENDING, 1)
     assert "lease expired" in rescued.errors[-1]["message"]
+    # Retried with the job's backoff (10 s · 2^0 · [0.5, 1)), not at once.
+    assert after + timedelta(seconds=5) <= rescued.scheduled_at < after + timedelta(seconds=10)
+    assert queue.claim(db, alive, lease_s=LEASE, now=after) == []
+    after = rescued.scheduled_at
     [fresh] = queue.claim(db, alive, lease_s=LEASE, now=after)
     assert fresh.attempts == 2
     # The dead worker wakes up: it can neither complete nor fail the newer attempt.
     assert not queue.complete(db, stale, dead, {"late": True}, now=after)
     assert queue.fail(db, stale, dead, "late", retry_base_s=1, now=after) is None
-    assert queue.heartbeat(db, dead, [stale.id], lease_s=LEASE, now=after) == 0
+    assert queue.heartbeat(db, dead, [stale.id], lease_s=LEASE, now=after) == set()
     assert queue.complete(db, fresh, alive, {"ok": True}, now=after)
     assert load(db, stale.id).result == {"ok": True}
+
+
+def test_rescue_works_in_bounded_batches(db: Database) -> None:
+    queue.enqueue(db, [queue.NewJob(JobType.SYNC_USERS, f"k{i}") for i in range(25)], now=T0)
+    worker = queue.new_worker_id()
+    claimed = 0
+    while batch := queue.claim(db, worker, lease_s=LEASE, now=T0):
+        claimed += len(batch)
+    assert claimed == 25
+    after = T0 + timedelta(seconds=LEASE + 1)
+    assert queue.rescue(db, now=after, batch=10) == queue.RescueResult(requeued=25)
+    assert count_rows(db, "background_jobs", "status = 'running'") == 0
+    assert count_rows(db, "background_jobs", "rescue_count = 1") == 25
+
+
+def test_rescued_job_backs_off_more_with_each_attempt(db: Database) -> None:
+    # A job that kills its worker every time must not crash-loop through its attempts.
+    queue.enqueue(db, [queue.users_job(max_attempts=5)], now=T0)
+    now = T0
+    delays = []
+    for _ in range(3):
+        [job] = queue.claim(db, queue.new_worker_id(), lease_s=LEASE, now=now)
+        now += timedelta(seconds=LEASE + 1)
+        queue.rescue(db, retry_base_s=10, now=now, rng=random.Random(7))
+        due = load(db, job.id).scheduled_at
+        delays.append((due - now).total_seconds())
+        now = due
+    assert delays[0] < delays[1] < delays[2]
+    assert 5 <= delays[0] < 10 and 20 <= delays[2] < 40
+
+
+def test_rescue_runs_in_one_process_at_a_time(pg_db: Database) -> None:
+    queue.enqueue(pg_db, [queue.users_job()], now=T0)
+    queue.claim(pg_db, queue.new_worker_id(), lease_s=LEASE, now=T0)
+    after = T0 + timedelta(seconds=LEASE + 1)
+    with pg_db.write() as other:
+        assert pg_db.try_lock(other, "opsdash:rescue")  # another process is rescuing
+        assert queue.rescue(pg_db, now=after) == queue.RescueResult()
+    assert queue.rescue(pg_db, now=after) == queue.RescueResult(requeued=1)
+
+
+def test_still_held_fences_a_taken_over_attempt(db: Database) -> None:
+    queue.enqueue(db, [queue.users_job()], now=T0)
+    dead, alive = queue.new_worker_id(), queue.new_worker_id()
+    [stale] = queue.claim(db, dead, lease_s=LEASE, now=T0)
+    with db.write() as conn:
+        assert queue.still_held(db, conn, [stale]) == {stale.id}
+    after = T0 + timedelta(seconds=LEASE + 1)
+    queue.rescue(db, retry_base_s=0, now=after)
+    [fresh] = queue.claim(db, alive, lease_s=LEASE, now=after)
+    with db.write() as conn:
+        assert queue.still_held(db, conn, [stale]) == set()
+        assert queue.still_held(db, conn, [fresh]) == {fresh.id}
 
 
 def test_rescue_fails_job_whose_attempts_are_spent(db: Database) -> None:

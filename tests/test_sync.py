@@ -60,6 +60,7 @@ def test_unchanged_day_is_not_rewritten_and_changed_day_is(engine: Engine, demo_
     engine.sync()
     run_to_idle(engine)
     before = {row.storage_path: (row.checksum, row.updated_at) for row in stored_rows(engine)}
+    paths_before = {(row.company_id, row.date): row.storage_path for row in stored_rows(engine)}
     engine.sync()
     assert engine.wait_idle(timeout_s=60)
     unchanged = [
@@ -71,9 +72,13 @@ def test_unchanged_day_is_not_rewritten_and_changed_day_is(engine: Engine, demo_
     demo_upstream.faults.revision = 1
     engine.sync()
     assert engine.wait_idle(timeout_s=60)
-    after = {row.storage_path: row.checksum for row in stored_rows(engine)}
-    changed = [path for path, checksum in after.items() if checksum != before[path][0]]
+    after = {(row.company_id, row.date): row for row in stored_rows(engine)}
+    changed = [key for key, row in after.items() if row.storage_path != paths_before.get(key)]
     assert changed, "a new upstream revision should change some documents"
+    # Content-addressed: a changed day is a new file; the superseded one is removed.
+    for key in changed:
+        assert engine.blobs.get(after[key].storage_path)
+    assert {info.path for info in engine.blobs.list()} == {r.storage_path for r in after.values()}
 
 
 def test_failing_company_does_not_affect_the_others(engine: Engine, demo_upstream) -> None:

@@ -1,7 +1,14 @@
-"""Blob storage for schedule documents: ``{service_company_id}/{date}/schedule.json``.
+"""Blob storage for schedule documents: ``{service_company_id}/{date}/schedule-{hash}.json``.
 
-Every path is built by :func:`schedule_path`, which validates both parts, so
-no id or date from the upstream or a request can escape the store's root.
+Every path is built by :func:`schedule_path` (or :func:`content_path`), which
+validates each part, so no id or date from the upstream or a request can escape
+the store's root.
+
+Documents are content-addressed: the file name carries the start of the
+document's SHA-256, so a write never replaces bytes that someone published. A
+worker that lost its lease and writes late leaves a file nobody points at
+(``schedule_data.storage_path`` names the published one) and removes it again.
+Rows written before this layout point at ``schedule.json``, which stays readable.
 """
 
 from __future__ import annotations
@@ -26,6 +33,9 @@ if TYPE_CHECKING:
 SERVICE_COMPANY_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 CONTENT_TYPE = "application/json"
+CHECKSUM = re.compile(r"[0-9a-f]{64}")
+CONTENT_NAME_DIGITS = 16
+CONTENT_NAME = re.compile(rf"schedule-[0-9a-f]{{{CONTENT_NAME_DIGITS}}}\.json")
 
 
 class InvalidBlobPath(ValueError):
@@ -63,6 +73,19 @@ def schedule_path(service_company_id: str, day: date | str) -> str:
     return f"{service_company_id}/{day_text}/schedule.json"
 
 
+def content_path(service_company_id: str, day: date | str, checksum: str) -> str:
+    """Where a document with this SHA-256 lives: the day's folder, named by its content."""
+    if not CHECKSUM.fullmatch(checksum):
+        raise InvalidBlobPath(f"invalid checksum {checksum!r}: expected 64 hex digits")
+    folder = schedule_path(service_company_id, day).rsplit("/", 1)[0]
+    return f"{folder}/schedule-{checksum[:CONTENT_NAME_DIGITS]}.json"
+
+
+def is_schedule_file(name: str) -> bool:
+    """``schedule.json`` (the layout before content addressing) or ``schedule-{hash}.json``."""
+    return name == "schedule.json" or bool(CONTENT_NAME.fullmatch(name))
+
+
 def sha256_hex(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
 
@@ -82,7 +105,7 @@ REMOVE_BATCH = 500
 
 
 def day_of(path: str) -> str | None:
-    """The date folder of a ``{company}/{date}/schedule.json`` path."""
+    """The date folder of a schedule document's path ``{company}/{date}/{file}``."""
     parts = path.split("/")
     return parts[1] if len(parts) == 3 else None
 
@@ -166,7 +189,8 @@ class LocalBlobStore:
         return sorted(
             (
                 BlobInfo(str(file.relative_to(self.root)), file.stat().st_size)
-                for file in base.rglob("schedule.json")
+                for file in base.rglob("schedule*.json")
+                if is_schedule_file(file.name)
             ),
             key=lambda info: info.path,
         )
@@ -177,9 +201,18 @@ class LocalBlobStore:
             return {}
         days: dict[str, int | None] = {}
         for day in folder.iterdir():
-            leaf = day / "schedule.json"
-            if leaf.is_file():
-                days[day.name] = leaf.stat().st_size
+            if not day.is_dir():
+                continue
+            sizes = [
+                leaf.stat().st_size
+                for leaf in day.iterdir()
+                if is_schedule_file(leaf.name) and leaf.is_file()
+            ]
+            if sizes:
+                # Two documents for a day live side by side only for a moment (a new
+                # version before the old one is removed, or a late write being dropped):
+                # which one is published is the metadata's to say, so no size is given.
+                days[day.name] = sizes[0] if len(sizes) == 1 else None
         return days
 
     def delete_many(self, paths: list[str]) -> int:
@@ -226,8 +259,6 @@ class SupabaseBlobStore:
     Listing matches prefixes case-insensitively, so company ids differing only in case
     would share listings (their folders merge).
     """
-
-    LEAF = "schedule.json"
 
     def __init__(
         self,
@@ -299,7 +330,7 @@ class SupabaseBlobStore:
         return removed
 
     def list(self, prefix: str = "") -> list[BlobInfo]:
-        # Storage lists one folder level at a time: company/ → date/ → schedule.json.
+        # Storage lists one folder level at a time: company/ → date/ → schedule-….json.
         top = prefix.strip("/")
         found: list[BlobInfo] = []
         folders = [self._object_key(top) if top else ""]
@@ -309,7 +340,7 @@ class SupabaseBlobStore:
                 child = f"{folder}/{entry['name']}" if folder else entry["name"]
                 if entry.get("id") is None:
                     folders.append(child)
-                elif entry["name"] == self.LEAF:
+                elif is_schedule_file(entry["name"]):
                     size = (entry.get("metadata") or {}).get("size", 0)
                     found.append(BlobInfo(child, int(size)))
         if not found:
@@ -318,8 +349,9 @@ class SupabaseBlobStore:
 
     def list_days(self, service_company_id: str) -> dict[str, int | None]:
         # One level: the company's date folders. A folder exists only while an object is
-        # in it, and schedule.json is the only object opsdash keeps there; the size would
-        # cost one more request per day, so it is left to `opsdash verify`.
+        # in it, and the day's schedule document (schedule-{hash}.json, or schedule.json
+        # from before content addressing) is the only object opsdash keeps there; the size
+        # would cost one more request per day, so it is left to `opsdash verify`.
         folder = self._object_key(service_company_id)
         days: dict[str, int | None] = {
             entry["name"]: None for entry in self._folder_entries(folder) if entry.get("id") is None

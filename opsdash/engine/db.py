@@ -7,16 +7,18 @@ or transaction they need.
 from __future__ import annotations
 
 import fcntl
+import logging
 import math
 import sqlite3
+import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import orjson
 import psycopg
@@ -33,6 +35,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlmodel import Session
 
 from opsdash.datafolder import private_file
@@ -41,6 +45,8 @@ from opsdash.engine.models import BackgroundJob
 from opsdash.engine.sqltypes import SQLITE_DATETIME_FORMAT
 
 SQLITE_BUSY_TIMEOUT_S = 30
+T = TypeVar("T")
+log = logging.getLogger("opsdash.db")
 
 
 class DatabaseUnavailable(RuntimeError):
@@ -120,15 +126,19 @@ class Database:
         return query.with_for_update() if self.is_postgres else query
 
     def try_lock_company(self, conn: Connection, company_id: uuid.UUID) -> bool:
-        """A transaction-scoped lock on claiming one company's jobs.
+        """A transaction-scoped lock on claiming one company's jobs (see ``try_lock``)."""
+        return self.try_lock(conn, str(company_id))
+
+    def try_lock(self, conn: Connection, key: str) -> bool:
+        """A transaction-scoped lock named ``key``, or False when another holds it.
 
         Postgres: an advisory lock, released at commit or rollback. SQLite: the
         immediate transaction already holds the only write lock, so always True.
         """
         if not self.is_postgres:
             return True
-        key = func.hashtextextended(str(company_id), 0)
-        return bool(conn.execute(select(func.pg_try_advisory_xact_lock(key))).scalar())
+        hashed = func.hashtextextended(key, 0)
+        return bool(conn.execute(select(func.pg_try_advisory_xact_lock(hashed))).scalar())
 
     @contextmanager
     def exclusive(self, name: str) -> Iterator[bool]:
@@ -461,3 +471,71 @@ def create_schema(db: Database) -> None:
 
 def job_columns() -> list[Any]:
     return list(BackgroundJob.__table__.columns)  # type: ignore[attr-defined]
+
+
+# --- riding out a short outage ------------------------------------------------------------
+
+# Errors that mean "the database could not be reached or did not answer", as opposed to a
+# statement the database rejected: the first are worth waiting out, the second are not.
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
+    OperationalError,
+    InterfaceError,
+    DisconnectionError,
+    PoolTimeout,
+)
+
+
+def is_transient(error: BaseException) -> bool:
+    return isinstance(error, TRANSIENT_ERRORS)
+
+
+def patiently(
+    call: Callable[[], T],
+    *,
+    patience_s: float,
+    stop: threading.Event | None = None,
+    what: str = "a database call",
+) -> T:
+    """``call()``, retried with backoff while the database is unreachable, for up to
+    ``patience_s`` seconds (or until ``stop`` is set); then the last error is raised."""
+    deadline = time.monotonic() + patience_s
+    delay = 0.2
+    while True:
+        try:
+            return call()
+        except TRANSIENT_ERRORS as error:
+            if time.monotonic() + delay > deadline or (stop is not None and stop.is_set()):
+                raise
+            log.warning("%s failed (%s); retrying", what, describe_error(error))
+            if stop is not None:
+                stop.wait(delay)
+            else:
+                time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def describe_error(error: BaseException) -> str:
+    """What went wrong with the database, in words an operator can act on.
+
+    A full disk, a locked SQLite file, a frozen server and an unreachable one need
+    different fixes, so they are never all called "unreachable".
+    """
+    cause = getattr(error, "orig", None) or error
+    text_ = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+    lowered = str(cause).lower()
+    sqlstate = getattr(cause, "sqlstate", None) or ""
+    if "database or disk is full" in lowered or "no space left" in lowered or sqlstate == "53100":
+        return f"disk full: {text_}"
+    if "database is locked" in lowered or "database table is locked" in lowered:
+        return f"database is locked by another process (waited {SQLITE_BUSY_TIMEOUT_S} s): {text_}"
+    if "readonly database" in lowered or "read-only" in lowered:
+        return f"database is read-only: {text_}"
+    if "unable to open database" in lowered:
+        return f"cannot open the database file: {text_}"
+    if "did not answer within" in lowered or sqlstate == "57014":
+        return f"database too slow or frozen: {text_}"
+    if isinstance(error, PoolTimeout):
+        return f"no free database connection: {text_}"
+    if isinstance(error, TRANSIENT_ERRORS):
+        return f"database unreachable: {text_}"
+    return f"database error: {text_}"

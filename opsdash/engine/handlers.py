@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, bindparam, delete, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
@@ -23,11 +24,12 @@ from opsdash.engine.blobs import (
     BlobStore,
     BlobStoreUnavailable,
     InvalidBlobPath,
+    content_path,
     first_line,
     schedule_path,
     sha256_hex,
 )
-from opsdash.engine.db import Database
+from opsdash.engine.db import Database, patiently
 from opsdash.engine.models import BackgroundJob, Company, JobType, Role, ScheduleData, UserProfile
 from opsdash.engine.sqltypes import utcnow
 from opsdash.engine.transform import (
@@ -35,12 +37,14 @@ from opsdash.engine.transform import (
     TransformError,
     build_document,
     document_counts,
-    group_by_date,
+    duplicate_job_ids,
     serialize_document,
+    split_by_date,
 )
 from opsdash.engine.upstream import MAX_RANGE_DAYS, MaidCentralClient, UpstreamError
 
 log = logging.getLogger("opsdash.handlers")
+T = TypeVar("T")
 
 COMPANIES = Company.__table__  # type: ignore[attr-defined]
 PROFILES = UserProfile.__table__  # type: ignore[attr-defined]
@@ -73,6 +77,15 @@ class HandlerContext:
     on_enqueued: Callable[[], None] = lambda: None
     # Supabase mode: the users sync also maintains the Auth users (see auth_users.py).
     auth: auth_users.AuthAdmin | None = None
+    # Set when the process stops: no new upstream request, no new write.
+    stopping: threading.Event = field(default_factory=threading.Event)
+    # Whether this attempt of a job was taken over (the worker pool's heartbeat learns it).
+    lease_lost: Callable[[BackgroundJob], bool] = lambda _job: False
+    # How long a database call inside a handler waits out an outage before giving up.
+    db_patience_s: float = 120.0
+
+    def patiently(self, call: Callable[[], T], what: str) -> T:
+        return patiently(call, patience_s=self.db_patience_s, stop=self.stopping, what=what)
 
 
 def run(context: HandlerContext, jobs: Sequence[BackgroundJob]) -> list[Outcome]:
@@ -91,6 +104,9 @@ def run(context: HandlerContext, jobs: Sequence[BackgroundJob]) -> list[Outcome]
 
 
 # --- sync_schedule ---------------------------------------------------------------------
+
+INTERRUPTED = "interrupted: the worker is stopping"
+LEASE_LOST = "lease lost: another attempt owns this job now; this one stopped"
 
 
 def _date_windows(days: Iterable[date]) -> list[tuple[date, date]]:
@@ -121,7 +137,7 @@ def sync_schedule(context: HandlerContext, jobs: Sequence[BackgroundJob]) -> lis
         return outcomes
     # A claimed batch is one company's: siblings share the head's company_id, and a row
     # without one (queued by the original system) is claimed alone.
-    company = _company_of(context.db, works[0][1])
+    company = context.patiently(lambda: _company_of(context.db, works[0][1]), "loading the company")
     if company is None:
         head = works[0][1]
         missing = (
@@ -176,6 +192,17 @@ def _one_outcome_per_job(per_day: list[Outcome]) -> list[Outcome]:
     return merged
 
 
+def _still_ours(
+    context: HandlerContext, jobs: Sequence[tuple[BackgroundJob, date]]
+) -> tuple[list[tuple[BackgroundJob, date]], list[Outcome]]:
+    """The jobs worth more work, and outcomes for those that are not (stopping, taken over)."""
+    if context.stopping.is_set():
+        return [], [Outcome(job, False, error=INTERRUPTED) for job, _ in jobs]
+    live = [(job, day) for job, day in jobs if not context.lease_lost(job)]
+    lost = [Outcome(job, False, error=LEASE_LOST) for job, _ in jobs if context.lease_lost(job)]
+    return live, lost
+
+
 def _sync_window(
     context: HandlerContext,
     company: Company,
@@ -183,65 +210,158 @@ def _sync_window(
     start: date,
     end: date,
 ) -> list[Outcome]:
+    jobs, outcomes = _still_ours(context, jobs)
+    if not jobs:
+        return outcomes
     try:
         records = context.upstream.schedule(start, end, company.service_company_id)
-        by_day = group_by_date(records)
     except UpstreamError as error:
-        return [Outcome(job, False, error=str(error), retryable=error.retryable) for job, _ in jobs]
-    except TransformError as error:
-        message = f"malformed upstream data: {error}"
-        return [Outcome(job, False, error=message) for job, _ in jobs]
-    stored = _stored_metadata(context.db, company.id, [day for _, day in jobs])
+        failed = [
+            Outcome(job, False, error=str(error), retryable=error.retryable) for job, _ in jobs
+        ]
+        return outcomes + failed
+    by_day, unplaced = split_by_date(records)
+    if unplaced and start != end:
+        # A record whose date cannot be read belongs to one day, but which one? Asking
+        # day by day finds it: only that day fails, the others are stored.
+        log.warning(
+            "%s: %s; fetching %s..%s day by day",
+            company.service_company_id,
+            unplaced[0],
+            start,
+            end,
+        )
+        for job, day in jobs:
+            outcomes += _sync_window(context, company, [(job, day)], day, day)
+        return outcomes
+    if unplaced:
+        message = f"malformed upstream data for {start}: {'; '.join(unplaced)}"
+        return outcomes + [Outcome(job, False, error=message, retryable=False) for job, _ in jobs]
+
+    stored = context.patiently(
+        lambda: _stored_metadata(context.db, company.id, [day for _, day in jobs]),
+        "reading stored schedule metadata",
+    )
     # One listing of the company's folder, so an object lost behind opsdash's back is
     # noticed (and rewritten) without one extra request per day. Storage being down
     # here or below raises BlobStoreUnavailable: the worker releases the batch unspent.
     present = context.blobs.list_days(company.service_company_id) if stored else {}
-    outcomes: list[Outcome] = []
     changed: list[tuple[Outcome, ScheduleData]] = []
-    unchanged: list[date] = []
+    unchanged: list[tuple[BackgroundJob, date]] = []
     for job, day in jobs:
+        if context.stopping.is_set() or context.lease_lost(job):
+            outcomes.append(Outcome(job, False, error=_why_stopped(context)))
+            continue
         outcome, row = _store_day_safely(
             context, company, job, day, by_day.get(day, []), stored.get(day), present
         )
         (changed.append((outcome, row)) if row is not None else outcomes.append(outcome))
         if outcome.ok and outcome.result.get("unchanged") and not outcome.result.get("restored"):
-            unchanged.append(day)
-    _confirm_unchanged(context.db, company.id, unchanged)
-    return outcomes + _record_metadata(context.db, changed)
+            unchanged.append((job, day))
+    _confirm_unchanged(context, company.id, unchanged)
+    return outcomes + _publish(context, changed, stored)
 
 
-def _confirm_unchanged(db: Database, company_id: uuid.UUID, days: list[date]) -> None:
+def _why_stopped(context: HandlerContext) -> str:
+    return INTERRUPTED if context.stopping.is_set() else LEASE_LOST
+
+
+def _confirm_unchanged(
+    context: HandlerContext, company_id: uuid.UUID, unchanged: list[tuple[BackgroundJob, date]]
+) -> None:
     """Record that a sync confirmed the unchanged days (freshness reads ``synced_at``).
 
-    A failure here loses no data, only the confirmation: the day looks older than it is
-    until the next sync, so it is logged and the jobs still complete.
+    Fenced like ``_publish``: only for jobs this attempt still holds, so a worker resumed
+    past its lease does not call its old answer fresh. A failure here loses no data, only
+    the confirmation: the day looks older than it is until the next sync, so it is logged
+    and the jobs still complete.
 
     Days, not jobs: a range job queued by the original system covers several.
     """
-    if not days:
+    if not unchanged:
         return
+    db = context.db
     try:
         with db.write() as conn:
-            conn.execute(
-                update(SCHEDULES)
-                .where(SCHEDULES.c.company_id == company_id, SCHEDULES.c.date.in_(days))
-                .values(synced_at=utcnow())
-            )
+            held = queue.still_held(db, conn, [job for job, _ in unchanged])
+            days = [day for job, day in unchanged if job.id in held]
+            if days:
+                conn.execute(
+                    update(SCHEDULES)
+                    .where(SCHEDULES.c.company_id == company_id, SCHEDULES.c.date.in_(days))
+                    .values(synced_at=utcnow())
+                )
     except SQLAlchemyError as error:
-        log.warning("recording that %d unchanged days were synced failed: %s", len(days), error)
+        log.warning(
+            "recording that %d unchanged days were synced failed: %s", len(unchanged), error
+        )
 
 
-def _record_metadata(db: Database, changed: list[tuple[Outcome, ScheduleData]]) -> list[Outcome]:
-    """One upsert for all the days whose blob was rewritten."""
+def _publish(
+    context: HandlerContext,
+    changed: list[tuple[Outcome, ScheduleData]],
+    stored: dict[date, ScheduleData],
+) -> list[Outcome]:
+    """Record the new days' metadata, fenced: only for jobs this attempt still holds.
+
+    The lease check and the upsert share one transaction, so a worker that was stopped
+    past its lease and resumed publishes nothing. Its blobs are content-addressed, so
+    writing them could not overwrite what the newer attempt published; they are removed.
+    """
     if not changed:
         return []
+    db = context.db
+
+    def publish() -> set[uuid.UUID]:
+        with db.write() as conn:
+            held = queue.still_held(db, conn, [outcome.job for outcome, _ in changed])
+            rows = [row for outcome, row in changed if outcome.job.id in held]
+            if rows:
+                _upsert_metadata(db, conn, rows)
+            return held
+
     try:
-        _upsert_metadata(db, [row for _, row in changed])
+        held = context.patiently(publish, "recording schedule metadata")
     except Exception as error:
         log.exception("recording schedule metadata failed")
         message = f"recording metadata failed: {type(error).__name__}: {error}"
+        for _, row in changed:
+            _discard(context, row.storage_path, unless_published=row)
         return [Outcome(outcome.job, False, error=message) for outcome, _ in changed]
-    return [outcome for outcome, _ in changed]
+    outcomes: list[Outcome] = []
+    for outcome, row in changed:
+        if outcome.job.id in held:
+            outcomes.append(outcome)
+            previous = stored.get(row.date)
+            if previous is not None and previous.storage_path != row.storage_path:
+                _discard(context, previous.storage_path)
+        else:
+            log.warning(
+                "lost the lease of %s before publishing it; its data was dropped",
+                row.storage_path,
+            )
+            _discard(context, row.storage_path, unless_published=row)
+            outcomes.append(Outcome(outcome.job, False, error=LEASE_LOST))
+    return outcomes
+
+
+def _discard(
+    context: HandlerContext, path: str, unless_published: ScheduleData | None = None
+) -> None:
+    """Remove a blob nobody points at (a superseded or never published version).
+
+    Best effort: a leftover file costs disk space, never correctness.
+    """
+    try:
+        if unless_published is not None:
+            current = _stored_metadata(
+                context.db, unless_published.company_id, [unless_published.date]
+            ).get(unless_published.date)
+            if current is not None and current.storage_path == path:
+                return
+        context.blobs.delete(path)
+    except Exception as error:
+        log.warning("could not remove the unused blob %s: %s", path, error)
 
 
 def _store_day_safely(
@@ -280,21 +400,28 @@ def _store_day(
     """Write the day's blob if its content changed or the stored object is lost or
     different; returns the metadata row to record."""
     try:
-        path = schedule_path(company.service_company_id, day)
+        schedule_path(company.service_company_id, day)  # refuses an id or date that could escape
         document, body, generated_at, dropped = _render(company, day, records, stored)
     except (TransformError, InvalidBlobPath) as error:
-        return Outcome(job, False, error=f"malformed upstream data for {day}: {error}"), None
+        # The same data fails the same way next time: a data error is not retried.
+        message = f"malformed upstream data for {day}: {error}"
+        return Outcome(job, False, error=message, retryable=False), None
 
     checksum = sha256_hex(body)
     unchanged = stored is not None and stored.checksum == checksum
+    path = stored.storage_path if unchanged and stored else None
+    path = path or content_path(company.service_company_id, day, checksum)
     result: dict[str, Any] = {
         "path": path,
         "bytes": len(body),
         "checksum": checksum,
-        "jobs": len(records),
+        "jobs": len(document["jobs"]),
         "unchanged": unchanged,
         "dropped_values": dropped.total,
     }
+    duplicates = duplicate_job_ids(records)
+    if duplicates:
+        result["duplicate_jobs"] = duplicates
     if dropped.total:
         # Which fields, so the operator can tell the upstream what it sent; never the values.
         result["dropped_fields"] = dict(sorted(dropped.by_field.items()))
@@ -382,15 +509,12 @@ def _stored_metadata(
         return {row.date: row for row in rows}
 
 
-def _upsert_metadata(db: Database, rows: list[ScheduleData]) -> None:
+def _upsert_metadata(db: Database, conn: Connection, rows: list[ScheduleData]) -> None:
     values = [row.model_dump() for row in rows]
     insert = db.insert(SCHEDULES).values(values)
     keep = ("id", "company_id", "date")
     updated = {key: insert.excluded[key] for key in values[0] if key not in keep}
-    with db.write() as conn:
-        conn.execute(
-            insert.on_conflict_do_update(index_elements=["company_id", "date"], set_=updated)
-        )
+    conn.execute(insert.on_conflict_do_update(index_elements=["company_id", "date"], set_=updated))
 
 
 # --- sync_users ------------------------------------------------------------------------
@@ -458,12 +582,20 @@ def sync_users(context: HandlerContext, job: BackgroundJob) -> Outcome:
     directory = _read_directory(upstream_companies, now, summary)
     if context.auth is not None:
         return _sync_users_with_auth(context, context.auth, job, directory, now, summary)
+
     # One transaction for the whole directory: a crash mid-way changes nothing.
-    with context.db.write() as conn:
-        company_ids = _upsert_companies(context.db, conn, directory, now, summary)
-        _replace_profiles(context.db, conn, directory, company_ids, now, summary)
+    def store() -> None:
+        attempt = _UsersResult(skipped=list(summary.skipped))
+        with context.db.write() as conn:
+            company_ids = _upsert_companies(context.db, conn, directory, now, attempt)
+            _replace_profiles(context.db, conn, directory, company_ids, now, attempt)
+        summary.__dict__.update(attempt.__dict__)
+
+    context.patiently(store, "storing the users directory")
     if summary.new_companies:
-        summary.queued = _queue_new_companies(context, summary.new_companies)
+        summary.queued = context.patiently(
+            lambda: _queue_new_companies(context, summary.new_companies), "queueing new companies"
+        )
     return Outcome(job, True, summary.__dict__)
 
 

@@ -243,19 +243,45 @@ def heartbeat(
     *,
     lease_s: float,
     now: datetime | None = None,
-) -> int:
-    """Renew the lease of this worker's running jobs; returns how many are still ours."""
+) -> set[uuid.UUID]:
+    """Renew the lease of this worker's running jobs; returns the ids that are still ours.
+
+    A job missing from the answer was rescued (or released) meanwhile: the worker must
+    stop working on it, since another attempt owns it now.
+    """
     ids = list(job_ids)
     if not ids:
-        return 0
+        return set()
     now = now or utcnow()
     with db.write() as conn:
-        result = conn.execute(
+        renewed = conn.execute(
             update(JOBS)
             .where(C.id.in_(ids), C.locked_by == worker_id, C.status == JobStatus.RUNNING)
             .values(lease_expires_at=now + timedelta(seconds=lease_s))
+            .returning(C.id)
+        ).scalars()
+        return set(renewed)
+
+
+def still_held(db: Database, conn: Connection, jobs: Sequence[BackgroundJob]) -> set[uuid.UUID]:
+    """The jobs whose attempt this worker still owns, locked until ``conn`` commits.
+
+    The fence for effects outside the job row: a caller publishes a job's results in
+    the same transaction, only for the ids returned, so a worker whose lease was taken
+    over (stopped past its lease, then resumed) publishes nothing. The row lock keeps
+    rescue away until the transaction ends. Changes no status.
+    """
+    if not jobs:
+        return set()
+    rows = conn.execute(
+        db.lock_rows(
+            select(C.id, C.attempts, C.locked_by).where(
+                C.id.in_([job.id for job in jobs]), C.status == JobStatus.RUNNING
+            )
         )
-        return result.rowcount
+    ).all()
+    current = {row.id: (row.attempts, row.locked_by) for row in rows}
+    return {job.id for job in jobs if current.get(job.id) == (job.attempts, job.locked_by)}
 
 
 # --- outcomes of a running job -----------------------------------------------------------
@@ -541,36 +567,89 @@ class RescueResult:
     failed: int = 0
 
 
-def rescue(db: Database, *, now: datetime | None = None) -> RescueResult:
-    """Expired leases (a dead or hung worker): back to pending, or failed if attempts are spent."""
+RESCUE_BATCH = 500
+_RESCUE_LOCK = "opsdash:rescue"
+
+
+def rescue(
+    db: Database,
+    *,
+    retry_base_s: float = 10.0,
+    now: datetime | None = None,
+    batch: int = RESCUE_BATCH,
+    rng: random.Random | None = None,
+) -> RescueResult:
+    """Expired leases (a dead or hung worker): back to pending with the job's backoff,
+    or failed if attempts are spent.
+
+    Works in batches of ``batch`` rows: one locked select and one statement executed for
+    the batch. Runs in one process at a time: the database decides (a transaction-level
+    advisory lock on Postgres, the write lock on SQLite); a process that finds it taken
+    leaves the work to the holder. The backoff keeps a job that kills its worker from
+    crash-looping through its attempts.
+    """
     now = now or utcnow()
-    requeued = failed = 0
-    with db.write() as conn:
-        expired = conn.execute(
-            db.lock_skip_locked(
-                select(JOBS).where(C.status == JobStatus.RUNNING, C.lease_expires_at < now)
-            )
-        ).all()
-        for row in expired:
-            job = _job(row)
-            message = f"lease expired: worker {job.locked_by} stopped heartbeating"
-            errors = [*(job.errors or []), _error_entry(job, job.locked_by, message, now)]
-            spent = job.attempts >= job.max_attempts
-            values: dict[str, Any] = {
-                "status": JobStatus.FAILED if spent else JobStatus.PENDING,
-                "errors": errors,
-                "error_message": message,
-                "rescue_count": C.rescue_count + 1,
-                "locked_by": None,
-                "lease_expires_at": None,
-                "scheduled_at": now,
-            }
-            if spent:
-                values |= {"completed_at": now, **_FINISHED_KEY}
-            conn.execute(update(JOBS).where(_fenced(job, job.locked_by or "")).values(values))
-            failed += spent
-            requeued += not spent
-    return RescueResult(requeued=requeued, failed=failed)
+    total = RescueResult()
+    while True:
+        with db.write() as conn:
+            if not db.try_lock(conn, _RESCUE_LOCK):
+                return total
+            expired = conn.execute(
+                db.lock_skip_locked(
+                    select(JOBS)
+                    .where(C.status == JobStatus.RUNNING, C.lease_expires_at < now)
+                    .order_by(C.lease_expires_at)
+                    .limit(batch)
+                )
+            ).all()
+            if not expired:
+                return total
+            rows = [_rescue_values(_job(row), retry_base_s, now, rng) for row in expired]
+            conn.execute(_RESCUE_STATEMENT, rows)
+        failed = sum(1 for row in rows if row["new_status"] == JobStatus.FAILED)
+        total = RescueResult(total.requeued + len(rows) - failed, total.failed + failed)
+        if len(expired) < batch:
+            return total
+
+
+_RESCUE_STATEMENT = (
+    update(JOBS)
+    .where(
+        C.id == bindparam("job_id"),
+        C.locked_by == bindparam("dead_worker"),
+        C.attempts == bindparam("attempt"),
+        C.status == JobStatus.RUNNING,
+    )
+    .values(
+        status=bindparam("new_status"),
+        errors=bindparam("new_errors", type_=C.errors.type),
+        error_message=bindparam("message"),
+        rescue_count=C.rescue_count + 1,
+        locked_by=None,
+        lease_expires_at=None,
+        scheduled_at=bindparam("due"),
+        completed_at=bindparam("finished_at"),
+        dedup_key=bindparam("new_dedup_key"),
+    )
+)
+
+
+def _rescue_values(
+    job: BackgroundJob, retry_base_s: float, now: datetime, rng: random.Random | None
+) -> dict[str, Any]:
+    message = f"lease expired: worker {job.locked_by} stopped heartbeating"
+    spent = job.attempts >= job.max_attempts
+    return {
+        "job_id": job.id,
+        "dead_worker": job.locked_by,
+        "attempt": job.attempts,
+        "new_status": JobStatus.FAILED if spent else JobStatus.PENDING,
+        "new_errors": [*(job.errors or []), _error_entry(job, job.locked_by, message, now)],
+        "message": message,
+        "due": now + timedelta(seconds=backoff_delay_s(job.attempts, retry_base_s, rng)),
+        "finished_at": now if spent else None,
+        "new_dedup_key": None if spent else job.dedup_key,
+    }
 
 
 def _hour(moment: datetime) -> datetime:

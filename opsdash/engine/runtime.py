@@ -116,6 +116,7 @@ class Engine:
             max_attempts=settings.max_attempts,
             on_enqueued=self.wake_workers,
             auth=self.auth,
+            stopping=self._stop_event,
         )
         self.pool: WorkerPool | None = None
         self.scheduler: BackgroundScheduler | None = None
@@ -222,11 +223,15 @@ class Engine:
         return jobs == 0
 
     def stop(self) -> None:
-        """Stop scheduling and working; running jobs finish or are released."""
+        """Stop promptly: no new upstream request, the ones in flight cut, running jobs
+        released for another process to take at once."""
         self._stop_event.set()
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)
             self.scheduler = None
+        cut = self.upstream.cancel_in_flight()
+        if cut and self.pool is not None:
+            log.info("stopping: cut %d upstream connection(s)", cut)
         if self.pool is not None:
             self.pool.stop()
             self.pool = None
@@ -298,7 +303,7 @@ class Engine:
         return self.sync()
 
     def rescue(self) -> queue.RescueResult:
-        result = queue.rescue(self.db)
+        result = queue.rescue(self.db, retry_base_s=self.settings.retry_base_s)
         if result.requeued or result.failed:
             log.warning("rescued jobs with expired leases: %s", result)
             self.wake_workers()

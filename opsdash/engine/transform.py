@@ -118,6 +118,23 @@ def _identifier(value: Any, drops: DroppedValues, field: str) -> str | None:
     return _text(value, drops, field)
 
 
+def _job_id(record: UpstreamRecord, index: int, drops: DroppedValues) -> str:
+    """A job's id: a number or text; anything else is rejected with the reason."""
+    raw = read_key(record, "JobInformationId")
+    if raw is None:
+        raise TransformError(f"upstream job record {index} has no JobInformationId")
+    if isinstance(raw, bool) or not isinstance(raw, str | int | float):
+        shown = orjson.dumps(raw, default=str).decode()
+        raise TransformError(
+            f"upstream job record {index} has an invalid JobInformationId {shown} "
+            "(expected a number or text)"
+        )
+    job_id = _identifier(raw, drops, "JobInformationId")
+    if job_id is None:
+        raise TransformError(f"upstream job record {index} has no JobInformationId")
+    return job_id
+
+
 def _items(value: Any) -> list[Mapping[str, Any]]:
     """The mapping entries of an upstream list; null or a non-list reads as empty."""
     if not isinstance(value, list):
@@ -200,6 +217,26 @@ def _record_date(record: UpstreamRecord, index: int) -> date | None:
     if day is None:
         raise TransformError(f"upstream job record {index} has an unreadable JobDate: {raw!r}")
     return day
+
+
+def split_by_date(
+    upstream_jobs: list[Any],
+) -> tuple[dict[date, list[dict[str, Any]]], list[str]]:
+    """Like :func:`group_by_date`, but a record that cannot be placed on a day is reported
+    (one message each) instead of failing the whole answer."""
+    groups: dict[date, list[dict[str, Any]]] = {}
+    unplaced: list[str] = []
+    for index, raw in enumerate(upstream_jobs):
+        try:
+            record = _require_record(raw, index)
+            day = _record_date(record, index)
+            if day is None:
+                raise TransformError(f"upstream job record {index} has no JobDate")
+        except TransformError as error:
+            unplaced.append(str(error))
+            continue
+        groups.setdefault(day, []).append(raw)
+    return {day: groups[day] for day in sorted(groups)}, unplaced
 
 
 def group_by_date(upstream_jobs: list[Any]) -> dict[date, list[dict[str, Any]]]:
@@ -340,16 +377,14 @@ def _employee_schedules(
 
 
 def _job(record: UpstreamRecord, index: int, day: date, drops: DroppedValues) -> dict[str, Any]:
-    job_id = _identifier(read_key(record, "JobInformationId"), drops, "JobInformationId")
-    if job_id is None:
-        raise TransformError(f"upstream job record {index} has no JobInformationId")
+    job_id = _job_id(record, index, drops)
     record_day = _record_date(record, index)
     if record_day is not None and record_day != day:
         raise TransformError(
             f"upstream job record {index} (job {job_id}) is dated {record_day}, not {day}"
         )
     notes = read_key(record, "NotesAndMemos", default={})
-    return {
+    job = {
         "jobId": job_id,
         "date": day.isoformat(),
         "startTime": _clock_time(
@@ -374,6 +409,42 @@ def _job(record: UpstreamRecord, index: int, day: date, drops: DroppedValues) ->
         "instructions": _instructions(notes, drops),
         "employeeSchedules": _employee_schedules(record, drops),
     }
+    try:
+        orjson.dumps(job)
+    except orjson.JSONEncodeError as error:
+        # A lone UTF-16 surrogate ("\\ud800") is valid in JSON text but is no character.
+        raise TransformError(
+            f"upstream job record {index} (job {job_id}) has text that is not valid Unicode "
+            f"({error})"
+        ) from None
+    return job
+
+
+def duplicate_job_ids(upstream_jobs: list[Any]) -> int:
+    """How many records repeat a job id already seen in the same list (stored once)."""
+    seen: set[str] = set()
+    repeats = 0
+    for raw in upstream_jobs:
+        if not _is_mapping(raw):
+            continue
+        job_id = _identifier(read_key(raw, "JobInformationId"), DroppedValues(), "")
+        if job_id is not None and job_id in seen:
+            repeats += 1
+        elif job_id is not None:
+            seen.add(job_id)
+    return repeats
+
+
+def _unique_jobs(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One job per id, in order: the upstream sometimes lists a job twice. The copy kept is
+    the first in the deterministic order, so shuffled input still gives the same bytes."""
+    seen: set[str] = set()
+    unique = []
+    for job in jobs:
+        if job["jobId"] not in seen:
+            seen.add(job["jobId"])
+            unique.append(job)
+    return unique
 
 
 def _job_order(job: dict[str, Any]) -> tuple[bool, str, tuple[int, int, str], bytes]:
@@ -443,8 +514,11 @@ def build_document(
     """
     drops = dropped if dropped is not None else DroppedValues()
     records = [_require_record(raw, index) for index, raw in enumerate(upstream_jobs)]
-    jobs = sorted(
-        (_job(record, index, day, drops) for index, record in enumerate(records)), key=_job_order
+    jobs = _unique_jobs(
+        sorted(
+            (_job(record, index, day, drops) for index, record in enumerate(records)),
+            key=_job_order,
+        )
     )
     return {
         "companyId": company_id,

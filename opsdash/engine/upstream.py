@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import socket
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Mapping
 from datetime import date
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+import httpcore
 import httpx
 import orjson
 from tenacity import (
@@ -25,6 +30,7 @@ log = logging.getLogger("opsdash.upstream")
 
 MAX_RANGE_DAYS = 31
 MAX_RETRY_AFTER_S = 120.0
+STOPPING = "stopping: request not sent"
 
 
 class UpstreamError(RuntimeError):
@@ -81,6 +87,8 @@ class RateLimiter:
 
     def acquire(self, stop: threading.Event | None = None) -> None:
         while True:
+            if stop is not None and stop.is_set():
+                raise UpstreamUnavailable(STOPPING)
             with self._lock:
                 wait = self._wait_needed(self._clock())
                 if wait <= 0:
@@ -89,7 +97,7 @@ class RateLimiter:
                         sent.append(now)
                     return
             if stop is not None and stop.wait(min(wait, 1.0)):
-                raise UpstreamUnavailable("stopping: request not sent")
+                raise UpstreamUnavailable(STOPPING)
             if stop is None:
                 time.sleep(min(wait, 1.0))
 
@@ -120,7 +128,63 @@ def _retry_after_s(response: httpx.Response) -> float:
 
 
 def _is_transient(error: BaseException) -> bool:
+    if str(error) == STOPPING:
+        return False
     return isinstance(error, UpstreamUnavailable | UpstreamRateLimited | MalformedResponse)
+
+
+def _parse_json(content: bytes) -> Any:
+    """orjson, or where it refuses, the standard library's reading of the same text.
+
+    orjson rejects a lone UTF-16 surrogate escape ("\\ud800") anywhere in the body, which
+    would make one bad customer name fail every day of the answer. The standard library
+    accepts it; the transform then fails only the record (and day) that carries it.
+    """
+    try:
+        return orjson.loads(content)
+    except orjson.JSONDecodeError as error:
+        try:
+            return json.loads(content.decode("utf-8", "surrogatepass"))
+        except ValueError:
+            raise error from None
+
+
+class _CancellableBackend(httpcore.NetworkBackend):
+    """The standard socket backend, remembering its sockets so that a stopping process
+    can cut the requests in flight (``cancel``) instead of waiting for their timeout.
+    Closing a socket from another thread does not wake a blocked read; shutting it down does.
+    """
+
+    def __init__(self) -> None:
+        self._inner = httpcore.SyncBackend()
+        self._streams: weakref.WeakSet[httpcore.NetworkStream] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self.cancelled = False
+
+    def connect_tcp(self, *args: Any, **kwargs: Any) -> httpcore.NetworkStream:
+        if self.cancelled:
+            raise httpcore.ConnectError(STOPPING)
+        stream = self._inner.connect_tcp(*args, **kwargs)
+        with self._lock:
+            self._streams.add(stream)
+        return stream
+
+    def connect_unix_socket(self, *args: Any, **kwargs: Any) -> httpcore.NetworkStream:
+        return self._inner.connect_unix_socket(*args, **kwargs)
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+    def cancel(self) -> int:
+        self.cancelled = True
+        with self._lock:
+            streams = list(self._streams)
+        for stream in streams:
+            sock = stream.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+        return len(streams)
 
 
 class MaidCentralClient:
@@ -132,7 +196,7 @@ class MaidCentralClient:
         api_key: str,
         *,
         limiter: RateLimiter,
-        timeout_s: float = 30.0,
+        timeout_s: float = 20.0,
         attempts: int = 3,
         max_backoff_s: float = 8.0,
         stop: threading.Event | None = None,
@@ -144,11 +208,16 @@ class MaidCentralClient:
         self._stop = stop
         self._calls = 0
         self._calls_lock = threading.Lock()
+        limits = httpx.Limits(max_connections=32, max_keepalive_connections=16)
+        transport = httpx.HTTPTransport(limits=limits)
+        # httpx takes no network backend of its own; its pool does, and cancel() needs one.
+        self._backend = _CancellableBackend()
+        transport._pool._network_backend = self._backend
         self._http = httpx.Client(
             base_url=self.base_url,
             headers={"Authorization": f"Bearer {api_key}", "Accept": "application/json"},
             timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)),
-            limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
+            transport=transport,
         )
 
     @property
@@ -161,6 +230,13 @@ class MaidCentralClient:
 
     def close(self) -> None:
         self._http.close()
+
+    def cancel_in_flight(self) -> int:
+        """Cut every request in flight and refuse new ones (the process is stopping).
+
+        Returns how many connections were cut; their callers get ``UpstreamUnavailable``.
+        """
+        return self._backend.cancel()
 
     def schedule(
         self, start: date, end: date, service_company_id: str | None = None
@@ -201,6 +277,7 @@ class MaidCentralClient:
             retry=retry_if_exception(_is_transient),
             stop=stop_after_attempt(self._attempts),
             wait=self._wait,
+            sleep=self._pause,
             reraise=True,
         )
         return retrying(self._get_once, path, params)
@@ -213,6 +290,13 @@ class MaidCentralClient:
             return 0.0
         return backoff
 
+    def _pause(self, seconds: float) -> None:
+        """The backoff between retries; a stopping process does not retry."""
+        if self._stop is None:
+            time.sleep(seconds)
+        elif self._stop.wait(seconds):
+            raise UpstreamUnavailable(STOPPING)
+
     def _get_once(self, path: str, params: dict[str, str]) -> Any:
         self.limiter.acquire(self._stop)
         with self._calls_lock:
@@ -222,6 +306,8 @@ class MaidCentralClient:
         except httpx.TimeoutException as error:
             raise UpstreamUnavailable(f"{path}: timed out ({type(error).__name__})") from error
         except httpx.TransportError as error:
+            if self._backend.cancelled:
+                raise UpstreamUnavailable(f"{path}: cancelled, the worker is stopping") from None
             raise UpstreamUnavailable(f"{path}: {type(error).__name__}: {error}") from error
         return self._unwrap(path, response)
 
@@ -239,7 +325,7 @@ class MaidCentralClient:
         if status in (401, 403):
             raise UpstreamAuthError(f"{path}: HTTP {status}: check MAIDCENTRAL_API_KEY")
         try:
-            body = orjson.loads(response.content)
+            body = _parse_json(response.content)
         except orjson.JSONDecodeError as error:
             raise MalformedResponse(f"{path}: body is not valid JSON ({error})") from None
         if not isinstance(body, Mapping):

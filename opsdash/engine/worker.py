@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_e
 
 from opsdash.engine import handlers, queue
 from opsdash.engine.blobs import BlobStoreUnavailable
+from opsdash.engine.db import describe_error
 from opsdash.engine.handlers import HandlerContext, Outcome
 from opsdash.engine.models import BackgroundJob, JobStatus
 from opsdash.engine.storage_gate import StorageGate
@@ -73,7 +75,10 @@ class WorkerPool:
         # During an outage every claim and heartbeat fails: one line when it starts,
         # a summary now and then, one line when it ends.
         self._outages = StateChangeLog(log)
+        # (job id, attempt) of held jobs whose lease the heartbeat found taken over.
+        self._lost: set[tuple[uuid.UUID, int]] = set()
         self._threads: list[threading.Thread] = []
+        context.lease_lost = self.lease_lost
 
     # --- control ---------------------------------------------------------------------
 
@@ -120,12 +125,20 @@ class WorkerPool:
         self._paused.clear()
         self.wake()
 
-    def stop(self, timeout_s: float = 30.0) -> None:
+    def lease_lost(self, job: BackgroundJob) -> bool:
+        with self._held_lock:
+            return (job.id, job.attempts) in self._lost
+
+    def stop(self, timeout_s: float = 5.0) -> None:
         self._stopping.set()
         self.wake()
-        for thread in self._threads:
-            thread.join(timeout=timeout_s)
         self._release_held()
+        deadline = time.monotonic() + timeout_s
+        for thread in self._threads:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        stuck = [thread.name for thread in self._threads if thread.is_alive()]
+        if stuck:
+            log.warning("stopped without waiting for %s", ", ".join(stuck))
         self._threads.clear()
 
     # --- threads ---------------------------------------------------------------------
@@ -146,9 +159,7 @@ class WorkerPool:
             try:
                 batch = queue.claim(self.context.db, worker_id, lease_s=self.settings.lease_s)
             except SQLAlchemyError as error:
-                self._outages.failed(
-                    "claim", "claims failing (database unreachable?): %s", type(error).__name__
-                )
+                self._outages.failed("claim", "claims failing: %s", describe_error(error))
                 self._stopping.wait(self.settings.poll_interval_s)
                 continue
             self._outages.succeeded("claim")
@@ -159,7 +170,15 @@ class WorkerPool:
 
     def _run_batch(self, worker_id: str, batch: list[BackgroundJob]) -> None:
         with self._held_lock:
-            self._held[worker_id] = batch
+            if self._stopping.is_set():
+                batch_to_release = batch
+            else:
+                batch_to_release = []
+                self._held[worker_id] = batch
+        if batch_to_release:
+            # Claimed as the process began to stop: hand it straight back.
+            self._patiently(self._release, worker_id, batch_to_release)
+            return
         for job in batch:
             log.info("started %s attempt %d/%d", _describe(job), job.attempts, job.max_attempts)
         try:
@@ -185,6 +204,10 @@ class WorkerPool:
             self._patiently(self._record_failures, worker_id, failures)
         with self._held_lock:
             self._held.pop(worker_id, None)
+            self._lost -= {(job.id, job.attempts) for job in batch}
+
+    def _release(self, worker_id: str, jobs: list[BackgroundJob]) -> None:
+        queue.release(self.context.db, jobs, worker_id)
 
     def _release_for_storage(
         self, worker_id: str, batch: list[BackgroundJob], error: BlobStoreUnavailable
@@ -203,11 +226,10 @@ class WorkerPool:
         )
         if self._storage_gate is not None:
             self._storage_gate.report(error)
-        self._patiently(
-            lambda worker, jobs: queue.release(self.context.db, jobs, worker), worker_id, batch
-        )
+        self._patiently(self._release, worker_id, batch)
         with self._held_lock:
             self._held.pop(worker_id, None)
+            self._lost -= {(job.id, job.attempts) for job in batch}
 
     def _patiently(self, record: Callable[[str, Any], None], worker_id: str, what: Any) -> None:
         """Write an outcome, riding out a short database outage."""
@@ -233,6 +255,12 @@ class WorkerPool:
 
     def _record_failures(self, worker_id: str, outcomes: list[Outcome]) -> None:
         db = self.context.db
+        lost = [o for o in outcomes if o.error == handlers.LEASE_LOST]
+        for outcome in lost:
+            log.warning("stopped working on %s: its lease was lost", _describe(outcome.job))
+        outcomes = [o for o in outcomes if o.error != handlers.LEASE_LOST]
+        if not outcomes:
+            return
         if self._stopping.is_set():
             # Interrupted by shutdown (e.g. waiting on the rate limiter): not a real attempt.
             queue.release(db, [outcome.job for outcome in outcomes], worker_id)
@@ -266,11 +294,20 @@ class WorkerPool:
 
     def _renew(self, worker_id: str, job_ids: list[uuid.UUID]) -> None:
         try:
-            queue.heartbeat(self.context.db, worker_id, job_ids, lease_s=self.settings.lease_s)
+            ours = queue.heartbeat(
+                self.context.db, worker_id, job_ids, lease_s=self.settings.lease_s
+            )
         except SQLAlchemyError as error:
-            self._outages.failed("heartbeat", "heartbeats failing: %s", type(error).__name__)
+            self._outages.failed("heartbeat", "heartbeats failing: %s", describe_error(error))
             return
         self._outages.succeeded("heartbeat")
+        if len(ours) == len(job_ids):
+            return
+        with self._held_lock:
+            for job in self._held.get(worker_id, []):
+                if job.id not in ours and (job.id, job.attempts) not in self._lost:
+                    self._lost.add((job.id, job.attempts))
+                    log.warning("lease of %s was taken over; stopping work on it", _describe(job))
 
     def _release_held(self) -> None:
         with self._held_lock:
@@ -280,8 +317,12 @@ class WorkerPool:
             try:
                 released = queue.release(self.context.db, jobs, worker_id)
                 log.info("released %d unfinished job(s) of %s on shutdown", released, worker_id)
-            except SQLAlchemyError:
-                log.error("could not release jobs of %s; rescue will requeue them", worker_id)
+            except SQLAlchemyError as error:
+                log.error(
+                    "could not release jobs of %s (%s); rescue will requeue them",
+                    worker_id,
+                    describe_error(error),
+                )
 
 
 def _summary(result: dict | None) -> str:

@@ -162,10 +162,10 @@ def _check_configuration(settings: Settings) -> None:
         raise ConfigurationError(f"token verification is not configured: {error}") from None
     try:
         db = connect(
-        settings.effective_database_url,
-        pooler=settings.db_pooler,
-        timeouts=DbTimeouts.of(settings),
-    )
+            settings.effective_database_url,
+            pooler=settings.db_pooler,
+            timeouts=DbTimeouts.of(settings),
+        )
     except (SQLAlchemyError, ValueError) as error:
         raise ConfigurationError(f"bad database URL: {error}") from None
     try:
