@@ -10,10 +10,11 @@ import re
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import date, datetime, timedelta
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from pydantic import ValidationError
 from sqlalchemy import func, select
@@ -23,6 +24,12 @@ from opsdash.config import ConfigurationError, Settings, load_settings
 from opsdash.engine.blobs import BlobStoreUnavailable
 from opsdash.engine.db import SchemaOutdated
 
+
+class _Stoppable(Protocol):
+    def stop(self) -> None: ...
+
+
+EngineT = TypeVar("EngineT", bound=_Stoppable)
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
@@ -311,10 +318,27 @@ def _wait_for_signal() -> threading.Event:
     return stop
 
 
+@contextmanager
+def _running(engine: EngineT) -> Iterator[EngineT]:
+    """The engine, stopped on the way out by a helper thread.
+
+    The main thread only waits, so it stays free to run signal handlers: a stop
+    stuck on the database (a locked SQLite file, a frozen server) still yields to a
+    second Ctrl-C.
+    """
+    try:
+        yield engine
+    finally:
+        stopper = threading.Thread(target=engine.stop, name="opsdash-stop", daemon=True)
+        stopper.start()
+        while stopper.is_alive():
+            stopper.join(0.2)
+
+
 def _sync(settings: Settings, args: argparse.Namespace) -> int:
     from opsdash.engine.runtime import Engine
 
-    with Engine(settings) as engine:
+    with _running(Engine(settings)) as engine:
         company_id = None
         if args.company:
             company = engine.company_by_service_id(args.company)
@@ -391,7 +415,7 @@ def _follow_progress(engine: object, since: datetime) -> int:
 def _worker(settings: Settings, args: argparse.Namespace) -> int:
     from opsdash.engine.runtime import Engine
 
-    with Engine(settings) as engine:
+    with _running(Engine(settings)) as engine:
         engine.start(workers=args.concurrency, scheduler=args.with_scheduler)
         status = engine.status()
         print(

@@ -214,10 +214,18 @@ def _sync_window(
     if not jobs:
         return outcomes
     try:
-        records = context.upstream.schedule(start, end, company.service_company_id)
+        records = context.upstream.schedule(
+            start,
+            end,
+            company.service_company_id,
+            abandon=lambda: all(context.lease_lost(job) for job, _ in jobs),
+        )
     except UpstreamError as error:
         failed = [
-            Outcome(job, False, error=str(error), retryable=error.retryable) for job, _ in jobs
+            Outcome(job, False, error=LEASE_LOST)
+            if context.lease_lost(job)
+            else Outcome(job, False, error=str(error), retryable=error.retryable)
+            for job, _ in jobs
         ]
         return outcomes + failed
     by_day, unplaced = split_by_date(records)

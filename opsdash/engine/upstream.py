@@ -22,7 +22,6 @@ from tenacity import (
     RetryCallState,
     Retrying,
     retry_if_exception,
-    stop_after_attempt,
     wait_exponential_jitter,
 )
 
@@ -239,9 +238,18 @@ class MaidCentralClient:
         return self._backend.cancel()
 
     def schedule(
-        self, start: date, end: date, service_company_id: str | None = None
+        self,
+        start: date,
+        end: date,
+        service_company_id: str | None = None,
+        *,
+        abandon: Callable[[], bool] | None = None,
     ) -> list[dict[str, Any]]:
-        """Jobs from ``start`` to ``end`` inclusive, for one company or all."""
+        """Jobs from ``start`` to ``end`` inclusive, for one company or all.
+
+        ``abandon`` is asked before each retry: once it answers True (nobody wants the
+        answer any more, e.g. the jobs were taken over) no further request goes out.
+        """
         if end < start:
             raise ValueError(f"end date {end} is before start date {start}")
         if (end - start).days >= MAX_RANGE_DAYS:
@@ -249,7 +257,7 @@ class MaidCentralClient:
         params = {"startDate": start.isoformat(), "endDate": end.isoformat()}
         if service_company_id is not None:
             params["serviceCompanyId"] = service_company_id
-        result = self._get("/api/dr-schedule", params)
+        result = self._get("/api/dr-schedule", params, abandon)
         if not isinstance(result, list):
             raise MalformedResponse("dr-schedule: Result is not a list of jobs")
         return result
@@ -272,10 +280,15 @@ class MaidCentralClient:
             companies.extend(members)
         return companies
 
-    def _get(self, path: str, params: dict[str, str]) -> Any:
+    def _get(
+        self, path: str, params: dict[str, str], abandon: Callable[[], bool] | None = None
+    ) -> Any:
+        def give_up(state: RetryCallState) -> bool:
+            return state.attempt_number >= self._attempts or bool(abandon and abandon())
+
         retrying = Retrying(
             retry=retry_if_exception(_is_transient),
-            stop=stop_after_attempt(self._attempts),
+            stop=give_up,
             wait=self._wait,
             sleep=self._pause,
             reraise=True,

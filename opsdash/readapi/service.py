@@ -25,7 +25,7 @@ import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from typing import Any
 
@@ -283,8 +283,7 @@ class ScheduleService:
         try:
             body = await run_in_threadpool(self.blobs.get, ref.schedule.storage_path)
         except BlobNotFound:
-            await run_in_threadpool(self._object_lost, ref)
-            raise ObjectLost() from None
+            body = await self._body_after_a_miss(ref)
         self.outages.succeeded("storage")
         actual = sha256_hex(body)
         if actual != expected:
@@ -299,6 +298,24 @@ class ScheduleService:
             raise ServiceUnavailable("schedule storage returned a damaged document")
         self._documents.put(actual, document)
         return actual, document
+
+    async def _body_after_a_miss(self, ref: ViewRef) -> bytes:
+        """The object the metadata named is gone.
+
+        Blobs are content-addressed and a sync removes the version it replaced, so the
+        metadata read a moment ago may name that one: read the metadata again, once. If
+        it still names a missing object, the object is lost.
+        """
+        self._schedules.drop((ref.company_id, ref.day))
+        fresh = await run_in_threadpool(self._query_schedule, ref.company_id, ref.day)
+        if fresh is not None and fresh.storage_path != ref.schedule.storage_path:
+            ref = replace(ref, schedule=fresh)
+            try:
+                return await run_in_threadpool(self.blobs.get, fresh.storage_path)
+            except BlobNotFound:
+                pass
+        await run_in_threadpool(self._object_lost, ref)
+        raise ObjectLost() from None
 
     def _object_lost(self, ref: ViewRef) -> None:
         """The metadata says ready but the object is gone: warn once, queue one resync."""
