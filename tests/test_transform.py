@@ -18,9 +18,11 @@ from opsdash.engine.transform import (
     build_document,
     document_counts,
     document_fingerprint,
+    duplicate_job_ids,
     group_by_date,
     read_key,
     serialize_document,
+    split_by_date,
 )
 
 DAY = date(2025, 3, 14)
@@ -410,3 +412,50 @@ def test_demo_company_days_transform_cleanly() -> None:
             assert 0 < len(serialize_document(doc)) < upstream_sizes[-1]
     assert len(upstream_sizes) == 6 * 7
     assert 40_000 <= statistics.mean(upstream_sizes) <= 65_000
+
+
+# --- odd ids and repeated jobs -----------------------------------------------------------------
+
+
+def test_an_object_as_job_id_is_rejected_with_the_reason() -> None:
+    record = realistic_record() | {"JobInformationId": {"a": 1}}
+    with pytest.raises(TransformError, match=r'record 0 has an invalid JobInformationId \{"a":1\}'):
+        build([record])
+
+
+def test_odd_team_and_employee_ids_are_stored_as_json_text_not_python_repr() -> None:
+    record = realistic_record()
+    record["ScheduledTeams"][0]["TeamListId"] = {"a": 1}
+    record["EmployeeSchedules"][0]["EmployeeInformationId"] = [7, "x"]
+    record["EmployeeSchedules"][0]["TeamListId"] = {"a": 1}
+    document = build([record])
+    assert document["teams"][0]["teamListId"] == '{"a":1}'
+    assert document["jobs"][0]["teamIds"][0] == '{"a":1}'
+    assert document["jobs"][0]["employeeSchedules"][0]["EmployeeInformationId"] == '[7,"x"]'
+    assert "{'a': 1}" not in serialize_document(document).decode()
+
+
+def test_a_job_listed_twice_is_stored_once_and_counted() -> None:
+    first = realistic_record()
+    second = copy.deepcopy(first) | {"ScheduledStartTime": "10:00"}
+    other = realistic_record() | {"JobInformationId": 1}
+    assert duplicate_job_ids([first, second, other]) == 1
+    document = build([second, other, first])
+    assert sorted(job["jobId"] for job in document["jobs"]) == ["1", "48213377"]
+    kept = next(job for job in document["jobs"] if job["jobId"] == "48213377")
+    assert kept["startTime"] == "09:30"
+    assert document == build([first, other, second])  # the same copy whatever the order
+
+
+def test_split_by_date_reports_unplaceable_records_and_keeps_the_rest() -> None:
+    good = realistic_record()
+    groups, unplaced = split_by_date([good, {"JobInformationId": 2, "JobDate": "31/31/2026"}])
+    assert groups == {DAY: [good]}
+    assert unplaced == ["upstream job record 1 has an unreadable JobDate: '31/31/2026'"]
+
+
+def test_a_lone_surrogate_fails_the_record_with_a_clear_error() -> None:
+    record = realistic_record()
+    record["CustomerInformation"]["CustomerFirstName"] = "\ud800"
+    with pytest.raises(TransformError, match=r"record 0 \(job 48213377\) has text that is not"):
+        build([record])
