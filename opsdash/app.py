@@ -27,6 +27,7 @@ from textual.worker import Worker, WorkerState
 from opsdash.config import Settings
 from opsdash.engine import freshness, queries
 from opsdash.engine.audit import ConsoleKind
+from opsdash.engine.db import describe_error
 from opsdash.engine.freshness import Freshness
 from opsdash.engine.operator_actions import ActionRefused, OperatorActions
 from opsdash.engine.operators import TERMINAL_OPERATOR, Operator, find_operator
@@ -178,7 +179,7 @@ class OpsdashApp(App[None]):
                         engine=engine.status(),
                         database_ok=False,
                         checked_at=now,
-                        database_error=_first_line(error),
+                        database_error=describe_error(error),
                     )
                 )
             )

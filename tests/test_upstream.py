@@ -139,3 +139,13 @@ def test_rate_limiter_is_shared_across_threads() -> None:
     stop.set()
     with pytest.raises(UpstreamUnavailable, match="stopping"):
         limiter.acquire(stop)
+
+
+def test_the_read_timeout_is_a_setting_bounded_to_tens_of_seconds() -> None:
+    from pydantic import ValidationError
+
+    from opsdash.config import Settings
+
+    assert Settings(upstream_timeout_s=45).upstream_timeout_s == 45
+    with pytest.raises(ValidationError):
+        Settings(upstream_timeout_s=90)

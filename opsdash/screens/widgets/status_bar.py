@@ -198,8 +198,11 @@ class StatusBar(Vertical):
     def _problem(status: SystemStatus, zone: tzinfo | None) -> Text | None:
         if not status.database_ok:
             since = clock(status.down_since, zone) if status.down_since else "now"
+            # "database unreachable: …", "disk full: …", "database is locked …": the
+            # operator's next step differs, so the kind of trouble leads.
+            problem = status.database_error or "database unreachable: no answer"
             return safe_text(
-                f"Database unreachable since {since}: {status.database_error or 'no answer'}. "
+                f"{problem[:1].upper()}{problem[1:]} (since {since}). "
                 "Retrying every second; tables show the last data read."
             )
         storage = status.engine.storage
