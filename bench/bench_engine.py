@@ -1,6 +1,6 @@
 """Engine benchmarks: enqueue cost, a rate-limited drain, and raw throughput.
 
-    .venv/bin/python bench/bench_engine.py [--only enqueue|drain|throughput]
+    .venv/bin/python bench/bench_engine.py [--only enqueue|drain|throughput|durability]
 
 Runs against SQLite (a temp file) and the PostgreSQL server on 127.0.0.1:5432 (an
 isolated schema, dropped afterwards), with the demo upstream over loopback HTTP in a
@@ -20,7 +20,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import httpx
@@ -201,6 +201,55 @@ def bench_throughput(companies: int = 200, workers: int = 4) -> None:
         )
 
 
+@contextmanager
+def commits_without_flush() -> Iterator[None]:
+    """``synchronous_commit = off`` on every connection this process opens (as opsdash did
+    before commits became durable), to measure what durability costs."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine as SAEngine
+
+    def relax(dbapi_connection: object, _record: object) -> None:
+        with dbapi_connection.cursor() as cursor:  # type: ignore[attr-defined]
+            cursor.execute("SET synchronous_commit = off")
+        dbapi_connection.commit()  # type: ignore[attr-defined]
+
+    event.listen(SAEngine, "connect", relax)
+    try:
+        yield
+    finally:
+        event.remove(SAEngine, "connect", relax)
+
+
+def bench_durability(companies: int = 200, workers: int = 4, rounds: int = 3) -> None:
+    """The Postgres drain with durable commits (opsdash's setting) and without, alternated."""
+    jobs = companies * 7 + 1
+    print(
+        f"\n== durable commits: {jobs} jobs, upstream latency 0 ms, {workers} workers, "
+        f"Postgres, synchronous_commit on vs off, {rounds} rounds alternated =="
+    )
+    rates: dict[str, list[float]] = {"on": [], "off": []}
+    for _ in range(rounds):
+        for mode in ("on", "off"):
+            with (
+                postgres_url() as url,
+                ExternalDemo(companies) as upstream,
+                tempfile.TemporaryDirectory() as folder,
+                commits_without_flush() if mode == "off" else nullcontext(),
+            ):
+                result = run_sync(
+                    url,
+                    upstream,
+                    Path(folder),
+                    workers=workers,
+                    upstream_rate_per_minute=100_000,
+                    upstream_rate_per_hour=1_000_000,
+                )
+            rates[mode].append(jobs / result["wall_s"])
+            print(f"synchronous_commit={mode:3} {rates[mode][-1]:7.1f} jobs/s")
+    on, off = statistics.median(rates["on"]), statistics.median(rates["off"])
+    print(f"median: on {on:.1f} jobs/s, off {off:.1f} jobs/s; durability costs {1 - on / off:.0%}")
+
+
 def bench_throughput_processes(companies: int = 200, processes: int = 2, threads: int = 3) -> None:
     """The same drain with `opsdash worker` processes sharing the Postgres queue (scale-out)."""
     jobs = companies * 7 + 1
@@ -267,7 +316,7 @@ def _wait_until_listening(engine: Engine, processes: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--only", choices=["enqueue", "drain", "throughput"])
+    parser.add_argument("--only", choices=["enqueue", "drain", "throughput", "durability"])
     args = parser.parse_args()
     if args.only in (None, "enqueue"):
         bench_enqueue()
@@ -276,6 +325,8 @@ def main() -> None:
         bench_throughput_processes()
     if args.only in (None, "drain"):
         bench_drain()
+    if args.only in (None, "durability"):
+        bench_durability()
 
 
 if __name__ == "__main__":
