@@ -27,9 +27,9 @@ import httpx
 from backends import postgres_url, sqlite_url
 
 from opsdash.config import Settings
-from opsdash.engine import coordinator
+from opsdash.engine import coordinator, queue
 from opsdash.engine.db import Database, connect, create_schema
-from opsdash.engine.models import Company
+from opsdash.engine.models import Company, JobType
 from opsdash.engine.runtime import Engine
 
 
@@ -220,34 +220,37 @@ def commits_without_flush() -> Iterator[None]:
         event.remove(SAEngine, "connect", relax)
 
 
-def bench_durability(companies: int = 200, workers: int = 4, rounds: int = 3) -> None:
-    """The Postgres drain with durable commits (opsdash's setting) and without, alternated."""
-    jobs = companies * 7 + 1
+def bench_durability(cycles: int = 300, rounds: int = 3) -> None:
+    """What durable commits cost on Postgres: one job's life (enqueue, claim, complete; three
+    commits) with ``synchronous_commit`` on (opsdash's setting) and off, alternated."""
     print(
-        f"\n== durable commits: {jobs} jobs, upstream latency 0 ms, {workers} workers, "
-        f"Postgres, synchronous_commit on vs off, {rounds} rounds alternated =="
+        f"\n== durable commits: {cycles} job lives (enqueue + claim + complete), Postgres, "
+        f"synchronous_commit on vs off, {rounds} rounds alternated =="
     )
-    rates: dict[str, list[float]] = {"on": [], "off": []}
+    timings: dict[str, list[float]] = {"on": [], "off": []}
     for _ in range(rounds):
         for mode in ("on", "off"):
             with (
                 postgres_url() as url,
-                ExternalDemo(companies) as upstream,
-                tempfile.TemporaryDirectory() as folder,
                 commits_without_flush() if mode == "off" else nullcontext(),
             ):
-                result = run_sync(
-                    url,
-                    upstream,
-                    Path(folder),
-                    workers=workers,
-                    upstream_rate_per_minute=100_000,
-                    upstream_rate_per_hour=1_000_000,
-                )
-            rates[mode].append(jobs / result["wall_s"])
-            print(f"synchronous_commit={mode:3} {rates[mode][-1]:7.1f} jobs/s")
-    on, off = statistics.median(rates["on"]), statistics.median(rates["off"])
-    print(f"median: on {on:.1f} jobs/s, off {off:.1f} jobs/s; durability costs {1 - on / off:.0%}")
+                db = connect(url)
+                create_schema(db)
+                worker = queue.new_worker_id()
+                started = time.perf_counter()
+                for number in range(cycles):
+                    queue.enqueue(db, [queue.NewJob(JobType.SYNC_USERS, f"k{number}")])
+                    [job] = queue.claim(db, worker, lease_s=60)
+                    queue.complete(db, job, worker, {})
+                elapsed = time.perf_counter() - started
+                db.dispose()
+            timings[mode].append(elapsed / cycles * 1000)
+            print(f"synchronous_commit={mode:3} {timings[mode][-1]:6.2f} ms per job life")
+    on, off = statistics.median(timings["on"]), statistics.median(timings["off"])
+    print(
+        f"median: on {on:.2f} ms, off {off:.2f} ms per job life "
+        f"(+{on - off:.2f} ms, {on / off - 1:+.0%})"
+    )
 
 
 def bench_throughput_processes(companies: int = 200, processes: int = 2, threads: int = 3) -> None:
