@@ -123,7 +123,7 @@ class Settings(BaseSettings):
     db_pooler: Literal["auto", "transaction", "none"] = "auto"
     # A frozen or overloaded database answers callers with an error within these bounds.
     db_connect_timeout_s: float = Field(default=5.0, ge=2, le=60)
-    db_statement_timeout_s: float = Field(default=5.0, gt=0, le=300)
+    db_statement_timeout_s: float = Field(default=30.0, gt=0, le=300)
     db_pool_timeout_s: float = Field(default=5.0, gt=0, le=60)
     blob_bucket: str = "schedule-data"
     # Every storage call gives up connecting / waiting for an answer after these.

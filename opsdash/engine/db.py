@@ -279,7 +279,10 @@ class DbTimeouts:
     """
 
     connect_s: float = 5.0  # opening a connection (libpq's connect_timeout, at least 2 s)
-    statement_s: float = 5.0  # the server's statement_timeout; the client gives up 1 s later
+    # The server's statement_timeout; the client gives up 1 s later. Generous, since one
+    # wait can cover a whole pipelined batch (20,000 profiles); a frozen server is still
+    # noticed within ping_s + connect_s when a connection is taken from the pool.
+    statement_s: float = 30.0
     pool_s: float = 5.0  # waiting for a free pooled connection
     ping_s: float = 2.0  # the liveness check of a pooled connection before it is handed out
 
