@@ -18,10 +18,11 @@ from opsdash.demo.server import DemoUpstream
 from opsdash.engine.db import describe_error
 from opsdash.engine.models import BackgroundJob, JobStatus, ScheduleData
 from opsdash.engine.runtime import Engine
-from tests.conftest import engine_settings
+from tests.conftest import engine_settings, migrated
 from tests.pgcluster import PgCluster
-from tests.test_multiprocess import run_users_job_inline, wait_for
+from tests.test_multiprocess import run_users_job_inline
 from tests.test_worker_faults import Arrivals
+from tests.waiting import wait_until
 
 BAD_DAY_INDEX = 3  # the fourth day of the week carries the bad record
 PLACEHOLDER = "__LONE_SURROGATE__"
@@ -129,7 +130,9 @@ def test_a_database_blip_inside_a_handler_is_waited_out_without_spending_an_atte
     upstream = DemoUpstream(companies=1, api_key="test-key")
     arrivals = Arrivals(upstream)
     with upstream, PgCluster.create() as cluster:
-        settings = engine_settings(cluster.url, tmp_path / "data", upstream.url, lease_s=60.0)
+        settings = engine_settings(
+            migrated(cluster.url), tmp_path / "data", upstream.url, lease_s=60.0
+        )
         engine = Engine(settings)
         try:
             run_users_job_inline(engine)
@@ -139,7 +142,11 @@ def test_a_database_blip_inside_a_handler_is_waited_out_without_spending_an_atte
                 engine.start(workers=1, scheduler=False)
                 assert arrivals.event.wait(60)
                 cluster.stop("fast")  # the database restarts while the upstream answers
-                wait_for(lambda: "; retrying" in caplog.text, 60, "the handler to hit the outage")
+                wait_until(
+                    lambda: "; retrying" in caplog.text,
+                    what="the handler to hit the outage",
+                    timeout_s=60,
+                )
                 cluster.start()
                 assert engine.wait_idle(timeout_s=120)
             with engine.db.session() as session:

@@ -18,6 +18,7 @@ from opsdash.demo.server import DemoUpstream
 from opsdash.engine import queue
 from opsdash.engine.db import DbTimeouts, connect, create_schema
 from opsdash.engine.models import Company, JobStatus
+from tests.conftest import migrated
 from tests.pgcluster import PgCluster, available
 from tests.test_readapi_server import free_port
 
@@ -129,6 +130,7 @@ def test_readyz_answers_503_within_seconds_while_the_database_is_frozen(
     pg_cluster: PgCluster, tmp_path: Path
 ) -> None:
     port = free_port()
+    migrated(pg_cluster.url)  # a serving process refuses an unmigrated Postgres
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPSDASH_", "DATABASE_"))}
     env.update(
         {

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from opsdash.demo.data import DemoWorld
 from opsdash.engine.transform import (
+    DroppedValues,
     TransformError,
     build_document,
     document_counts,
@@ -423,16 +424,27 @@ def test_an_object_as_job_id_is_rejected_with_the_reason() -> None:
         build([record])
 
 
-def test_odd_team_and_employee_ids_are_stored_as_json_text_not_python_repr() -> None:
+def test_odd_team_and_employee_ids_are_left_out_and_counted_never_stringified() -> None:
     record = realistic_record()
     record["ScheduledTeams"][0]["TeamListId"] = {"a": 1}
     record["EmployeeSchedules"][0]["EmployeeInformationId"] = [7, "x"]
-    record["EmployeeSchedules"][0]["TeamListId"] = {"a": 1}
-    document = build([record])
-    assert document["teams"][0]["teamListId"] == '{"a":1}'
-    assert document["jobs"][0]["teamIds"][0] == '{"a":1}'
-    assert document["jobs"][0]["employeeSchedules"][0]["EmployeeInformationId"] == '[7,"x"]'
-    assert "{'a': 1}" not in serialize_document(document).decode()
+    record["EmployeeSchedules"][1]["TeamListId"] = {"a": 1}
+    dropped = DroppedValues()
+    document = build_document(
+        [record],
+        company_id="5b7c2f4e-0000-4000-8000-000000000001",
+        service_company_id="1001",
+        day=DAY,
+        generated_at=GENERATED_AT,
+        dropped=dropped,
+    )
+    [job] = document["jobs"]
+    # An entry without its id names nobody: the first employee is gone, not "[7, 'x']".
+    assert [entry["EmployeeInformationId"] for entry in job["employeeSchedules"]] == ["1001005"]
+    assert job["employeeSchedules"][0]["TeamListId"] is None
+    assert dropped.by_field == {"EmployeeInformationId": 1, "TeamListId": 2}
+    text = serialize_document(document).decode()
+    assert "{'a': 1}" not in text and '{"a":1}' not in text and "[7" not in text
 
 
 def test_a_job_listed_twice_is_stored_once_and_counted() -> None:

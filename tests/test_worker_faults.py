@@ -29,8 +29,9 @@ from opsdash.engine.models import BackgroundJob, JobStatus, ScheduleData
 from opsdash.engine.runtime import Engine
 from opsdash.engine.sqltypes import utcnow
 from opsdash.engine.worker import PoolSettings, WorkerPool
-from tests.conftest import engine_settings
-from tests.test_multiprocess import job_counts, run_users_job_inline, wait_for, worker_env
+from tests.conftest import engine_settings, migrated
+from tests.test_multiprocess import job_counts, run_users_job_inline, worker_env
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -96,7 +97,7 @@ def test_a_worker_stopped_past_its_lease_cannot_overwrite_the_newer_data(
     upstream = DemoUpstream(companies=1, api_key="test-key")
     arrivals = Arrivals(upstream)
     with upstream:
-        settings = engine_settings(db_url, tmp_path / "data", upstream.url, lease_s=2.0)
+        settings = engine_settings(migrated(db_url), tmp_path / "data", upstream.url, lease_s=2.0)
         engine = Engine(settings)
         try:
             run_users_job_inline(engine)
@@ -109,12 +110,16 @@ def test_a_worker_stopped_past_its_lease_cannot_overwrite_the_newer_data(
             # Meanwhile the schedule changes and another worker rescues and syncs the week.
             upstream.faults = upstream.faults.updated({"latency_ms": 0, "revision": 1})
             rescuer = spawn(settings, "worker", "--concurrency", "1")
-            wait_for(lambda: job_counts(engine).keys() == {"completed"}, 90, "the rescue")
+            wait_until(
+                lambda: job_counts(engine).keys() == {"completed"}, what="the rescue", timeout_s=90
+            )
             published = stored(engine)
             assert len(published) == 7
 
             os.kill(stale.pid, signal.SIGCONT)  # it resumes with last week's answer
-            wait_for(lambda: "its lease was lost" in log_of(stale), 60, "the stale worker")
+            wait_until(
+                lambda: "its lease was lost" in log_of(stale), what="the stale worker", timeout_s=60
+            )
             for process in (stale, rescuer):
                 process.send_signal(signal.SIGTERM)
                 assert process.wait(timeout=30) == 0, log_of(process)[-2000:]
@@ -138,7 +143,7 @@ def test_a_heartbeat_that_finds_the_lease_lost_stops_the_work(
     upstream = DemoUpstream(companies=1, api_key="test-key")
     arrivals = Arrivals(upstream)
     with upstream:
-        settings = engine_settings(db_url, tmp_path / "data", upstream.url, lease_s=1.0)
+        settings = engine_settings(migrated(db_url), tmp_path / "data", upstream.url, lease_s=1.0)
         engine = Engine(settings)
         try:
             run_users_job_inline(engine)
@@ -153,7 +158,11 @@ def test_a_heartbeat_that_finds_the_lease_lost_stops_the_work(
             thief = queue.new_worker_id()
             assert len(queue.claim(engine.db, thief, lease_s=3600, now=later)) == 7
             with caplog.at_level(logging.WARNING, logger="opsdash.jobs"):
-                wait_for(lambda: "its lease was lost" in caplog.text, 30, "the worker to stop")
+                wait_until(
+                    lambda: "its lease was lost" in caplog.text,
+                    what="the worker to stop",
+                    timeout_s=30,
+                )
             assert "was taken over; stopping work on it" in caplog.text
             pool.stop()
             assert stored(engine) == {}
@@ -178,7 +187,7 @@ def test_sigterm_with_a_hanging_upstream_exits_in_seconds_and_releases_the_jobs(
             upstream.faults = upstream.faults.updated({"timeout_rate": 1.0, "hang_s": 120})
             arrivals.event.clear()
             worker = spawn(settings, "worker", "--concurrency", "2")
-            wait_for(lambda: arrivals.count >= 2, 60, "two hanging requests")
+            wait_until(lambda: arrivals.count >= 2, what="two hanging requests", timeout_s=60)
             sent = arrivals.count
             started = time.monotonic()
             worker.send_signal(signal.SIGTERM)
@@ -212,7 +221,11 @@ def test_a_second_signal_exits_at_once(sqlite_url: str, tmp_path: Path, spawn) -
             locker.execute("BEGIN IMMEDIATE")
             try:
                 worker.send_signal(signal.SIGTERM)
-                wait_for(lambda: "stopping: releasing" in log_of(worker), 30, "the first stop")
+                wait_until(
+                    lambda: "stopping: releasing" in log_of(worker),
+                    what="the first stop",
+                    timeout_s=30,
+                )
                 started = time.monotonic()
                 worker.send_signal(signal.SIGTERM)
                 assert worker.wait(timeout=10) == 128 + signal.SIGTERM
