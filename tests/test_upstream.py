@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from datetime import date
 
+import httpcore
 import pytest
 
 from opsdash.demo.server import DemoUpstream
@@ -17,6 +19,7 @@ from opsdash.engine.upstream import (
     UpstreamRateLimited,
     UpstreamRejected,
     UpstreamUnavailable,
+    _CancellableBackend,
 )
 
 DAY = date(2026, 12, 1)
@@ -149,3 +152,27 @@ def test_the_read_timeout_is_a_setting_bounded_to_tens_of_seconds() -> None:
     assert Settings(upstream_timeout_s=45).upstream_timeout_s == 45
     with pytest.raises(ValidationError):
         Settings(upstream_timeout_s=90)
+
+
+def test_a_connection_still_opening_when_requests_are_cut_carries_no_request() -> None:
+    # The stop cuts the connections it knows of; one that was being opened at that moment
+    # joins the set too late to be cut, so it must refuse to carry a request itself.
+    backend = _CancellableBackend()
+    opened: list[object] = []
+    real_connect = backend._inner.connect_tcp
+
+    def connect_while_the_stop_runs(*args: object, **kwargs: object) -> object:
+        stream = real_connect(*args, **kwargs)
+        opened.append(stream)
+        backend.cancel()  # the stop lands between opening the socket and registering it
+        return stream
+
+    backend._inner.connect_tcp = connect_while_the_stop_runs  # type: ignore[method-assign]
+    with (
+        socket.create_server(("127.0.0.1", 0)) as server,
+        pytest.raises(httpcore.ConnectError, match="stopping"),
+    ):
+        backend.connect_tcp("127.0.0.1", server.getsockname()[1])
+    assert len(opened) == 1
+    with pytest.raises(httpcore.ConnectError, match="stopping"):
+        backend.connect_tcp("127.0.0.1", 9)  # and nothing new is opened after the stop

@@ -166,6 +166,12 @@ class _CancellableBackend(httpcore.NetworkBackend):
         stream = self._inner.connect_tcp(*args, **kwargs)
         with self._lock:
             self._streams.add(stream)
+            cancelled = self.cancelled
+        if cancelled:
+            # ``cancel`` ran while this connection was being opened: it was not in the
+            # set that ``cancel`` cut, so it must not carry a request either.
+            stream.close()
+            raise httpcore.ConnectError(STOPPING)
         return stream
 
     def connect_unix_socket(self, *args: Any, **kwargs: Any) -> httpcore.NetworkStream:
@@ -175,8 +181,8 @@ class _CancellableBackend(httpcore.NetworkBackend):
         self._inner.sleep(seconds)
 
     def cancel(self) -> int:
-        self.cancelled = True
         with self._lock:
+            self.cancelled = True
             streams = list(self._streams)
         for stream in streams:
             sock = stream.get_extra_info("socket")

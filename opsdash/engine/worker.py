@@ -168,9 +168,14 @@ class WorkerPool:
                 continue
             self._run_batch(worker_id, batch)
 
+    def _shutting_down(self) -> bool:
+        # The process's stop (the handlers' ``stopping``) is set before the pool is told:
+        # an outcome that arrives in between is an interruption too, not a real attempt.
+        return self._stopping.is_set() or self.context.stopping.is_set()
+
     def _run_batch(self, worker_id: str, batch: list[BackgroundJob]) -> None:
         with self._held_lock:
-            if self._stopping.is_set():
+            if self._shutting_down():
                 batch_to_release = batch
             else:
                 batch_to_release = []
@@ -261,7 +266,7 @@ class WorkerPool:
         outcomes = [o for o in outcomes if o.error != handlers.LEASE_LOST]
         if not outcomes:
             return
-        if self._stopping.is_set():
+        if self._shutting_down():
             # Interrupted by shutdown (e.g. waiting on the rate limiter): not a real attempt.
             queue.release(db, [outcome.job for outcome in outcomes], worker_id)
             return
