@@ -12,6 +12,7 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import date, datetime, timedelta
 from types import FrameType
 from typing import Any, Protocol, TypeVar
@@ -318,21 +319,26 @@ def _wait_for_signal() -> threading.Event:
     return stop
 
 
-@contextmanager
-def _running(engine: EngineT) -> Iterator[EngineT]:
-    """The engine, stopped on the way out by a helper thread.
+def _stop(engine: _Stoppable) -> None:
+    """``engine.stop()`` on a helper thread.
 
     The main thread only waits, so it stays free to run signal handlers: a stop
     stuck on the database (a locked SQLite file, a frozen server) still yields to a
     second Ctrl-C.
     """
+    stopper = threading.Thread(target=engine.stop, name="opsdash-stop", daemon=True)
+    stopper.start()
+    while stopper.is_alive():
+        stopper.join(0.2)
+
+
+@contextmanager
+def _running(engine: EngineT) -> Iterator[EngineT]:
+    """The engine, stopped on the way out (see ``_stop``)."""
     try:
         yield engine
     finally:
-        stopper = threading.Thread(target=engine.stop, name="opsdash-stop", daemon=True)
-        stopper.start()
-        while stopper.is_alive():
-            stopper.join(0.2)
+        _stop(engine)
 
 
 def _sync(settings: Settings, args: argparse.Namespace) -> int:
@@ -353,11 +359,14 @@ def _sync(settings: Settings, args: argparse.Namespace) -> int:
         print(f"queued {run.queued} of {run.planned} planned jobs in {run.took_ms:.0f} ms")
         if not args.wait:
             return 0
+        # Signals are caught before the workers start: a Ctrl-C as they send their first
+        # requests is an interruption like any other, not a traceback.
+        stop = _wait_for_signal()
         engine.start(workers=args.concurrency, scheduler=False)
-        return _follow_progress(engine, started)
+        return _follow_progress(engine, started, stop)
 
 
-def _follow_progress(engine: object, since: datetime) -> int:
+def _follow_progress(engine: object, since: datetime, stop: threading.Event) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from opsdash.engine.models import BackgroundJob
@@ -365,7 +374,6 @@ def _follow_progress(engine: object, since: datetime) -> int:
 
     assert isinstance(engine, Engine)
     jobs = BackgroundJob.__table__.c  # type: ignore[attr-defined]
-    stop = _wait_for_signal()
 
     def counts() -> dict[str, int]:
         with engine.db.read() as conn:
@@ -398,12 +406,15 @@ def _follow_progress(engine: object, since: datetime) -> int:
             if engine.active_jobs() == 0:
                 break
             stop.wait(0.25)
+    if stop.is_set():
+        # Release the running jobs first, so that the summary says where they are now.
+        _stop(engine)
     by_status = counts()
     summary = ", ".join(f"{count} {status}" for status, count in sorted(by_status.items()))
     if stop.is_set():
         print(
             f"interrupted: {summary}; upstream calls: {engine.upstream.calls}. "
-            "Running jobs are released; unfinished ones run on the next `opsdash sync --wait` "
+            "Running jobs were released; unfinished ones run on the next `opsdash sync --wait` "
             "or in any `opsdash worker`.",
             file=sys.stderr,
         )
@@ -416,6 +427,7 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
     from opsdash.engine.runtime import Engine
 
     with _running(Engine(settings)) as engine:
+        stop = _wait_for_signal()  # before the workers start (see _sync)
         engine.start(workers=args.concurrency, scheduler=args.with_scheduler)
         status = engine.status()
         print(
@@ -423,7 +435,7 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
             f"upstream {status.upstream}. Ctrl-C to stop.",
             file=sys.stderr,
         )
-        _wait_for_signal().wait()
+        stop.wait()
         print("stopping: releasing running jobs (a second signal exits at once)…", file=sys.stderr)
     return 0
 
@@ -432,12 +444,16 @@ def _verify(settings: Settings, args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from opsdash.engine.db import connect
+    from opsdash.engine.db import DbTimeouts, connect
     from opsdash.engine.runtime import open_blob_store
     from opsdash.engine.schema import ensure_schema
     from opsdash.engine.verify import queue_repairs, verify
 
-    db = connect(settings.effective_database_url, pooler=settings.db_pooler)
+    db = connect(
+        settings.effective_database_url,
+        pooler=settings.db_pooler,
+        timeouts=DbTimeouts.of(settings),
+    )
     try:
         ensure_schema(db)
         blobs = open_blob_store(settings)
@@ -503,12 +519,16 @@ def _doctor(settings: Settings, args: argparse.Namespace) -> int:
 
 def _token(settings: Settings, args: argparse.Namespace) -> int:
     from opsdash.datafolder import secure_existing
-    from opsdash.engine.db import connect
+    from opsdash.engine.db import DbTimeouts, connect
     from opsdash.engine.schema import ensure_schema
     from opsdash.readapi.tokens import TokenError, mint_token
 
     secure_existing(settings.data_dir)
-    db = connect(settings.effective_database_url, pooler=settings.db_pooler)
+    db = connect(
+        settings.effective_database_url,
+        pooler=settings.db_pooler,
+        timeouts=DbTimeouts.of(settings),
+    )
     try:
         ensure_schema(db)
         print(mint_token(settings, db, args.email, args.ttl))
@@ -520,10 +540,12 @@ def _token(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _migrate(settings: Settings, _args: argparse.Namespace) -> int:
-    from opsdash.engine.db import connect
+    from opsdash.engine.db import MIGRATION_STATEMENT_S, DbTimeouts, connect
     from opsdash.engine.schema import schema_status, upgrade
 
-    db = connect(settings.effective_database_url, pooler=settings.db_pooler)
+    # A migration may rewrite a whole table: the usual statement limit would cancel it.
+    timeouts = replace(DbTimeouts.of(settings), statement_s=MIGRATION_STATEMENT_S)
+    db = connect(settings.effective_database_url, pooler=settings.db_pooler, timeouts=timeouts)
     try:
         before, head = schema_status(db)
         upgrade(db)

@@ -269,6 +269,10 @@ PoolerMode = Literal["auto", "transaction", "none"]
 TRANSACTION_POOLER_PORT = 6543
 
 
+# `opsdash migrate`'s statement limit: a migration may rewrite a whole table.
+MIGRATION_STATEMENT_S = 3600.0
+
+
 @dataclass(frozen=True)
 class DbTimeouts:
     """How long a caller waits on the database before it gets an error.
