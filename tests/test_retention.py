@@ -13,7 +13,14 @@ import pytest
 from sqlalchemy import select
 
 from opsdash.engine import retention
-from opsdash.engine.blobs import BlobStore, LocalBlobStore, SupabaseBlobStore, schedule_path
+from opsdash.engine.blobs import (
+    BlobStore,
+    LocalBlobStore,
+    SupabaseBlobStore,
+    content_path,
+    schedule_path,
+    sha256_hex,
+)
 from opsdash.engine.db import Database
 from opsdash.engine.models import Company, ScheduleData
 from opsdash.readapi.metrics import render_retention
@@ -41,6 +48,15 @@ def blobs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BlobStore]
         store.close()
 
 
+def body_and_path(service_id: str, day: date) -> tuple[bytes, str]:
+    """A day's document and where sync stores it: content-addressed, except every other
+    day under the fixed name rows written before content addressing still point at."""
+    body = b'{"day": "%s"}' % day.isoformat().encode()
+    if day.toordinal() % 2:
+        return body, schedule_path(service_id, day)
+    return body, content_path(service_id, day, sha256_hex(body))
+
+
 def seed(db: Database, blobs: BlobStore) -> dict[str, tuple[uuid.UUID, date]]:
     """Two companies, 40 days back to 2 ahead of their own today; returns id and today."""
     companies: dict[str, tuple[uuid.UUID, date]] = {}
@@ -52,8 +68,8 @@ def seed(db: Database, blobs: BlobStore) -> dict[str, tuple[uuid.UUID, date]]:
             companies[service_id] = (company.id, today)
             for offset in range(-40, 3):
                 day = today + timedelta(days=offset)
-                path = schedule_path(service_id, day)
-                blobs.put(path, b'{"day": "%s"}' % day.isoformat().encode())
+                body, path = body_and_path(service_id, day)
+                blobs.put(path, body)
                 session.add(
                     ScheduleData(
                         company_id=company.id,
@@ -91,7 +107,7 @@ def test_retention_removes_exactly_the_days_before_each_companys_cutoff(
     assert stored_days(db) == expected
     assert result.removed_days == result.removed_objects == 2 * (40 - KEEP_DAYS)
     kept_paths = sorted(
-        schedule_path(service_id, today + timedelta(days=offset))
+        body_and_path(service_id, today + timedelta(days=offset))[1]
         for service_id, (_, today) in companies.items()
         for offset in range(-KEEP_DAYS, 3)
     )

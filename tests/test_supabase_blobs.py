@@ -31,7 +31,9 @@ from opsdash.engine.blobs import (
     InvalidBlobPath,
     LocalBlobStore,
     SupabaseBlobStore,
+    content_path,
     schedule_path,
+    sha256_hex,
 )
 from opsdash.engine.models import BackgroundJob, JobStatus, ScheduleData
 from opsdash.engine.runtime import Engine
@@ -630,6 +632,33 @@ def test_list_days_and_delete_many_match_the_local_store(
     assert store.delete_many(doomed) == local.delete_many(doomed) == 3
     assert [info.path for info in store.list()] == [info.path for info in local.list()]
     assert [info.path for info in store.list()] == paths[3:]
+
+
+def test_content_addressed_documents_are_listed_like_the_fixed_name(
+    store: SupabaseBlobStore, tmp_path: Path
+) -> None:
+    local = LocalBlobStore(tmp_path / "blobs")
+    legacy = schedule_path("1001", "2026-12-01")  # rows from before content addressing
+    current = content_path("1001", "2026-12-02", sha256_hex(b"{}"))
+    # A new version beside the old one, for the moment before the old one is removed.
+    newer = content_path("1001", "2026-12-02", sha256_hex(b"{ }"))
+    stray = "1001/2026-12-01/notes.json"  # not a schedule document
+    for target in (store, local):
+        for path, body in ((legacy, b"{}"), (current, b"{}"), (newer, b"{ }"), (stray, b"x")):
+            target.put(path, body)
+    expected = sorted([legacy, current, newer])
+    assert [info.path for info in store.list("1001")] == expected
+    assert [info.path for info in local.list("1001")] == expected
+    assert (
+        set(store.list_days("1001"))
+        == set(local.list_days("1001"))
+        == {
+            "2026-12-01",
+            "2026-12-02",
+        }
+    )
+    # Two documents in one day: which is published is the metadata's to say, not a size.
+    assert local.list_days("1001") == {"2026-12-01": 2, "2026-12-02": None}
 
 
 # --- the engine end to end -----------------------------------------------------------------
