@@ -435,7 +435,10 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
             f"upstream {status.upstream}. Ctrl-C to stop.",
             file=sys.stderr,
         )
-        stop.wait()
+        # Never an untimed wait: the kernel may hand the signal to another thread, and
+        # then only the main thread's next look at its pending signals runs the handler.
+        while not stop.wait(0.5):
+            pass
         print("stopping: releasing running jobs (a second signal exits at once)…", file=sys.stderr)
     return 0
 

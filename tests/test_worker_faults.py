@@ -261,3 +261,24 @@ def test_an_interrupted_sync_wait_exits_non_zero_and_says_so(
         output = log_of(sync)
         assert "interrupted:" in output and "done:" not in output
         assert "pending" in output
+
+
+def test_a_worker_resumed_after_sigstop_still_stops_on_sigterm(
+    sqlite_url: str, tmp_path: Path, spawn
+) -> None:
+    # Right after SIGCONT the kernel often hands the next signal to a thread other than
+    # the main one, which then has to notice it by itself: it must not sleep untimed.
+    with DemoUpstream(companies=1, api_key="test-key") as upstream:
+        settings = engine_settings(
+            sqlite_url, tmp_path / "data", upstream.url, poll_interval_s=0.05, lease_s=1.0
+        )
+        for _ in range(3):
+            worker = spawn(settings, "worker", "--concurrency", "4")
+            wait_until(
+                lambda worker=worker: "Ctrl-C to stop" in log_of(worker),
+                what="the worker to start",
+            )
+            worker.send_signal(signal.SIGSTOP)
+            worker.send_signal(signal.SIGCONT)
+            worker.send_signal(signal.SIGTERM)
+            assert worker.wait(timeout=15) == 0, log_of(worker)[-2000:]
