@@ -388,7 +388,8 @@ def test_7_bad_upstream_data(system: System) -> None:
 def test_8_sigterm_releases_running_jobs_at_once(system: System) -> None:
     system.companies = 4
     system.lease_s = 120.0  # far past the bound below: a release may not wait for the lease
-    system.extra_env = {"OPSDASH_UPSTREAM_TIMEOUT_S": "120"}
+    # The longest upstream timeout allowed, far past the bound below: no release may wait for it.
+    system.extra_env = {"OPSDASH_UPSTREAM_TIMEOUT_S": "60"}
     [worker] = bootstrap(system, workers=1)
     server = system.procs[-1]
     system.faults(latency_ms=100_000, revision=1)  # every upstream call hangs mid-job
