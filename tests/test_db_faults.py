@@ -14,10 +14,12 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
+from opsdash.config import Settings
 from opsdash.demo.server import DemoUpstream
 from opsdash.engine import queue
 from opsdash.engine.db import DbTimeouts, connect, create_schema
 from opsdash.engine.models import Company, JobStatus
+from opsdash.readapi.server import read_api_timeouts
 from tests.conftest import migrated
 from tests.pgcluster import PgCluster, available
 from tests.test_readapi_server import free_port
@@ -123,6 +125,27 @@ def test_a_frozen_database_gives_errors_within_seconds(pg_cluster: PgCluster) ->
                 JobStatus.RUNNING
             )
     finally:
+        db.dispose()
+
+
+def test_a_read_api_query_in_flight_when_the_database_froze_fails_in_seconds(
+    pg_cluster: PgCluster, tmp_path: Path
+) -> None:
+    # The engine's default statement limit (30 s) covers pipelined batches; a read API
+    # request caught by the freeze must not wait that long (a client gives up after 10 s).
+    settings = Settings(database_url=pg_cluster.url, data_dir=tmp_path / "data")
+    assert settings.db_statement_timeout_s == 30
+    db = connect(pg_cluster.url, timeouts=read_api_timeouts(settings))
+    held = db.engine.connect()
+    held.execute(text("SELECT 1"))
+    try:
+        with pg_cluster.frozen():
+            took, error = timed(lambda: held.execute(text("SELECT 1")))
+        assert isinstance(error, OperationalError), error
+        assert "did not answer within 6 s" in str(error)
+        assert took < 8
+    finally:
+        held.close()
         db.dispose()
 
 

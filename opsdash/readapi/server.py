@@ -26,7 +26,7 @@ import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
@@ -63,6 +63,18 @@ LISTEN_BACKLOG = 2048
 # machine that takes longer than uvicorn's 5 s, and the supervisor would kill and respawn
 # it forever.
 WORKER_HEALTHCHECK_S = 60
+
+# The read API's statements are point lookups that take milliseconds. The engine's limit
+# (OPSDASH_DB_STATEMENT_TIMEOUT_S, 30 s by default) is sized for pipelined batches; here it
+# would let a request in flight when the database froze wait half a minute, past any
+# client's patience, and hold every request for the same day behind it.
+READ_API_STATEMENT_S = 5.0
+
+
+def read_api_timeouts(settings: Settings) -> DbTimeouts:
+    """The configured database timeouts, with the statement limit at most 5 s."""
+    configured = DbTimeouts.of(settings)
+    return replace(configured, statement_s=min(configured.statement_s, READ_API_STATEMENT_S))
 
 
 class ManagedEngine(Protocol):
@@ -164,7 +176,7 @@ def _check_configuration(settings: Settings) -> None:
         db = connect(
             settings.effective_database_url,
             pooler=settings.db_pooler,
-            timeouts=DbTimeouts.of(settings),
+            timeouts=read_api_timeouts(settings),
         )
     except (SQLAlchemyError, ValueError) as error:
         raise ConfigurationError(f"bad database URL: {error}") from None
@@ -259,7 +271,7 @@ def build_app(
     db = connect(
         settings.effective_database_url,
         pooler=settings.db_pooler,
-        timeouts=DbTimeouts.of(settings),
+        timeouts=read_api_timeouts(settings),
     )
     metrics = RequestMetrics(ROUTES, shared_dir=metrics_dir)
     blobs = open_blob_store(settings)
