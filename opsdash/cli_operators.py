@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from opsdash.config import Settings
-from opsdash.engine.db import Database, connect
+from opsdash.engine.db import Database, DbTimeouts, connect
 from opsdash.engine.operators import (
     InvalidOperator,
     UnknownOperator,
@@ -86,7 +86,11 @@ def _message(error: Exception) -> str:
 
 @contextmanager
 def _database(settings: Settings) -> Iterator[Database]:
-    db = connect(settings.effective_database_url, pooler=settings.db_pooler)
+    db = connect(
+        settings.effective_database_url,
+        pooler=settings.db_pooler,
+        timeouts=DbTimeouts.of(settings),
+    )
     try:
         ensure_schema(db)
         yield db

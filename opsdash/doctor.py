@@ -20,7 +20,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from opsdash.config import Settings
-from opsdash.engine.db import Database, connect
+from opsdash.engine.db import Database, DbTimeouts, connect
 from opsdash.engine.models import Company, table_of
 
 HTTP_TIMEOUT_S = 10.0
@@ -87,7 +87,7 @@ def _open_database(settings: Settings, checks: list[Check]) -> Database | None:
                 Check("database", None, f"{url.database} not created yet: the first start does")
             )
             return None
-    db = connect(settings.effective_database_url, pool_size=1)
+    db = connect(settings.effective_database_url, pool_size=1, timeouts=DbTimeouts.of(settings))
     try:
         with db.read() as conn:
             conn.execute(text("SELECT 1"))

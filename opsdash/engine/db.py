@@ -355,7 +355,7 @@ def behind_transaction_pooler(url: URL, pooler: PoolerMode = "auto") -> bool:
     return url.port == TRANSACTION_POOLER_PORT or flag in {"true", "1", "yes"}
 
 
-class _BoundedConnection(psycopg.Connection):  # type: ignore[type-arg]
+class _BoundedConnection(psycopg.Connection[Any]):
     """A psycopg connection that stops waiting for the server after ``answer_timeout_s``.
 
     psycopg waits for a reply as long as it takes; a server that is frozen (SIGSTOP,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from opsdash.config import Settings
 from opsdash.engine import operators
-from opsdash.engine.db import Database, connect
+from opsdash.engine.db import Database, DbTimeouts, connect
 from opsdash.engine.runtime import Engine
 from opsdash.engine.schema import ensure_schema
 from opsdash.engine.sqltypes import utcnow
@@ -86,7 +86,13 @@ def run_web(settings: Settings, *, host: str, port: int, with_engine: bool = Tru
     """
     engine = Engine(settings) if with_engine else None
     db = (
-        engine.db if engine else connect(settings.effective_database_url, pooler=settings.db_pooler)
+        engine.db
+        if engine
+        else connect(
+            settings.effective_database_url,
+            pooler=settings.db_pooler,
+            timeouts=DbTimeouts.of(settings),
+        )
     )
     try:
         if engine is not None:
