@@ -46,6 +46,7 @@ def cli_env(url: str, data_dir: Path, upstream: str) -> dict[str, str]:
     env.update(
         {
             "DATABASE_URL": url,
+            "OPSDASH_DEMO": "1",  # the test's demo upstream, named by MAIDCENTRAL_API_URL
             "OPSDASH_DATA_DIR": str(data_dir),
             "MAIDCENTRAL_API_URL": upstream,
             "MAIDCENTRAL_API_KEY": "test-key",
@@ -133,7 +134,7 @@ def test_a_read_api_query_in_flight_when_the_database_froze_fails_in_seconds(
 ) -> None:
     # The engine's default statement limit (30 s) covers pipelined batches; a read API
     # request caught by the freeze must not wait that long (a client gives up after 10 s).
-    settings = Settings(database_url=pg_cluster.url, data_dir=tmp_path / "data")
+    settings = Settings(database_url=pg_cluster.url, data_dir=tmp_path / "data", demo=True)
     assert settings.db_statement_timeout_s == 30
     db = connect(pg_cluster.url, timeouts=read_api_timeouts(settings))
     held = db.engine.connect()
@@ -158,6 +159,7 @@ def test_readyz_answers_503_within_seconds_while_the_database_is_frozen(
     env.update(
         {
             "DATABASE_URL": pg_cluster.url,
+            "OPSDASH_DEMO": "1",  # no upstream is needed; the demo stands in for one
             "OPSDASH_DATA_DIR": str(tmp_path / "data"),
             "OPSDASH_DB_STATEMENT_TIMEOUT_S": "2",
             "OPSDASH_DB_CONNECT_TIMEOUT_S": "2",
