@@ -110,76 +110,121 @@ class Settings(BaseSettings):
         env_prefix="OPSDASH_",
         extra="ignore",
         populate_by_name=True,
+        # Each field's docstring is its description (README's settings table follows them).
+        use_attribute_docstrings=True,
     )
 
     data_dir: Path = Field(default_factory=default_data_dir)
+    """The data folder: the SQLite file, local blobs, the local JWT secret and
+    ``opsdash.toml``; default the per-user data folder (``~/.local/share/opsdash``)."""
     config_file: Path | None = Field(
         default=None, validation_alias=AliasChoices("OPSDASH_CONFIG", "config_file")
     )
-    demo: bool = False  # run the demo upstream against a database that is not the default
+    """The TOML settings file (``--config``); unset: ``opsdash.toml`` in the data folder, if any."""
+    demo: bool = False
+    """Run the demo upstream against a database that is not the default (``--demo``)."""
     database_url: str | None = Field(default=None, validation_alias=_env("DATABASE_URL"))
-    # A transaction-mode pooler between opsdash and Postgres; "auto" reads the URL
-    # (port 6543 or ?pgbouncer=true).
+    """``postgresql://…`` (the Supabase project's Postgres) in production; unset: a SQLite
+    file in the data folder."""
     db_pooler: Literal["auto", "transaction", "none"] = "auto"
-    # A frozen or overloaded database answers callers with an error within these bounds.
+    """``transaction`` when a transaction-mode pooler (PgBouncer, Supabase's) is in front of
+    Postgres: no server-side prepared statements, no session state; ``auto`` says yes for
+    port 6543 or ``?pgbouncer=true`` in the URL."""
     db_connect_timeout_s: float = Field(default=5.0, ge=2, le=60)
+    """How long connecting to the database may take (a frozen server accepts TCP and never
+    answers: every wait on it is bounded, so callers get an error instead)."""
     db_statement_timeout_s: float = Field(default=30.0, gt=0, le=300)
+    """The server's ``statement_timeout``; the client gives up waiting for a reply one
+    second later. Generous, since one wait can cover a pipelined batch."""
     db_pool_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    """How long a caller waits for a free pooled connection."""
     blob_bucket: str = "schedule-data"
-    # Every storage call gives up connecting / waiting for an answer after these.
+    """The Supabase Storage bucket the schedule blobs are kept in (created private if missing)."""
     storage_connect_timeout_s: float = Field(default=3.0, gt=0)
+    """Every storage call gives up connecting after this long."""
     storage_read_timeout_s: float = Field(default=5.0, gt=0)
-    # How often a running engine rechecks that storage answers and the bucket is private.
+    """Every storage call gives up waiting for an answer after this long."""
     storage_check_interval_s: float = Field(default=60.0, gt=0)
-    # Schedule days older than this many days before the company's local today are
-    # removed from storage and schedule_data by the hourly maintenance.
+    """How often a running engine rechecks that storage answers and the bucket is private."""
     schedule_retention_days: int = Field(default=30, ge=1)
+    """Schedule days older than this many days before the company's local today are
+    removed from storage and ``schedule_data`` by the hourly maintenance."""
 
     supabase_url: str | None = Field(default=None, validation_alias=_env("SUPABASE_URL"))
+    """The Supabase project (``https://<ref>.supabase.co``): Storage, the Auth admin API and
+    the signing keys (JWKS) that verify portal tokens."""
     supabase_service_role_key: str | None = Field(
         default=None, validation_alias=_env("SUPABASE_SERVICE_ROLE_KEY")
     )
+    """The project's service role key: writes blobs to the private bucket, manages Auth users."""
     supabase_jwt_secret: str | None = Field(
         default=None, validation_alias=_env("SUPABASE_JWT_SECRET")
     )
+    """The project's legacy HS256 token secret; in the embedded demo a local secret in the
+    data folder is used instead."""
     jwks_url: str | None = None
+    """Another JWKS for ES256/RS256 tokens; unset: the Supabase project's."""
     jwt_audience: str | None = None
+    """The ``aud`` a token must carry; unset: not checked."""
     jwt_issuer: str | None = None
+    """The ``iss`` a token must carry; unset: not checked."""
 
     maidcentral_api_url: str | None = Field(
         default=None, validation_alias=_env("MAIDCENTRAL_API_URL")
     )
+    """The MaidCentral API that schedules and users come from; with ``demo``, a shared
+    ``opsdash demo-upstream``; unset with nothing else set: the built-in demo upstream."""
     maidcentral_api_key: str | None = Field(
         default=None, validation_alias=_env("MAIDCENTRAL_API_KEY")
     )
-    # How long one upstream request may take. MaidCentral answers a week of one company
-    # in well under a second; a request hanging longer holds a worker and its jobs.
+    """The MaidCentral API key (sent as a Bearer token)."""
     upstream_timeout_s: float = Field(default=20.0, gt=0, le=60)
+    """How long one upstream request may take. MaidCentral answers a week of one company
+    in well under a second; a request hanging longer holds a worker and its jobs."""
     upstream_attempts: int = Field(default=3, ge=1)
+    """Tries per upstream call for a 5xx, a timeout or a truncated answer, before the job fails."""
     upstream_backoff_max_s: float = Field(default=8.0, ge=0)
+    """The longest wait between those tries (jittered exponential)."""
     upstream_rate_per_minute: int = Field(default=100, ge=1)
+    """Upstream requests a minute, shared by all workers of a process."""
     upstream_rate_per_hour: int = Field(default=1000, ge=1)
+    """Upstream requests an hour, shared by all workers of a process."""
     demo_companies: int = Field(default=6, ge=1)
+    """How many companies the built-in demo upstream serves."""
 
     workers: int = Field(default=4, ge=0)
+    """Worker threads per process."""
     poll_interval_s: float = Field(default=2.0, gt=0)
+    """How often idle workers look for due jobs (they wake at once for local enqueues)."""
     lease_s: float = Field(default=60.0, gt=0)
+    """A running job's lease: a heartbeat renews it, rescue requeues an expired one."""
     sync_cron: str = "0 * * * *"
+    """When the coordinator queues a sync run (a cron expression, UTC)."""
     days_ahead: int = Field(default=7, ge=1, le=60)
+    """Days synced per company, from the company's own local today."""
     max_attempts: int = Field(default=3, ge=1)
+    """Attempts a job gets before it is failed."""
     retry_base_s: float = Field(default=10.0, ge=0)
+    """Backoff base between a job's attempts (exponential, jittered)."""
     retention_days: int = Field(default=14, ge=1)
+    """Finished jobs older than this are rolled into ``job_stats`` and deleted."""
 
     cors_origins: list[str] = Field(default_factory=list)
+    """Portal origins the read API allows by CORS (a JSON list)."""
 
     # The read API facing abusive clients (opsdash.readapi.protocol, docs/production.md).
     http_max_connections: int = Field(default=1000, ge=1)
+    """Connections one read API process holds at once (kept below its file descriptor limit)."""
     http_request_timeout_s: float = Field(default=10.0, gt=0)
+    """How long a client may take to send a whole request (from its first byte, or from
+    connecting) before it is answered 408 and the connection closed."""
     http_keep_alive_s: float = Field(default=5.0, gt=0)
-    # /metrics, /docs, /openapi.json: "auto" is open on a loopback address and, elsewhere,
-    # behind ops_token when one is set, else off.
+    """How long an idle kept-alive connection stays open."""
     ops_endpoints: Literal["auto", "open", "token", "off"] = "auto"
+    """Who reaches ``/metrics``, ``/docs`` and ``/openapi.json``: ``auto`` is open on a loopback
+    address and, elsewhere, behind ``ops_token`` when one is set, else off."""
     ops_token: str | None = Field(default=None, min_length=32)
+    """The bearer token for the operator endpoints (at least 32 characters)."""
 
     freshness_grace_s: float = Field(default=900.0, ge=0)
     """How long past one sync cadence a company's data may be before it counts as late
