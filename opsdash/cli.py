@@ -369,11 +369,11 @@ def _sync(settings: Settings, args: argparse.Namespace) -> int:
 def _follow_progress(engine: object, since: datetime, stop: threading.Event) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from opsdash.engine.models import BackgroundJob
+    from opsdash.engine.models import BackgroundJob, table_of
     from opsdash.engine.runtime import Engine
 
     assert isinstance(engine, Engine)
-    jobs = BackgroundJob.__table__.c  # type: ignore[attr-defined]
+    jobs = table_of(BackgroundJob).c
 
     def counts() -> dict[str, int]:
         with engine.db.read() as conn:
@@ -499,10 +499,10 @@ def _verify(settings: Settings, args: argparse.Namespace) -> int:
 
 def _company_exists(db: object, service_company_id: str) -> bool:
     from opsdash.engine.db import Database
-    from opsdash.engine.models import Company
+    from opsdash.engine.models import Company, table_of
 
     assert isinstance(db, Database)
-    companies = Company.__table__.c  # type: ignore[attr-defined]
+    companies = table_of(Company).c
     with db.read() as conn:
         found = conn.execute(
             select(companies.id).where(companies.service_company_id == service_company_id)

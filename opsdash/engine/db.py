@@ -25,7 +25,6 @@ import psycopg
 from sqlalchemy import (
     Connection,
     Engine,
-    Insert,
     Select,
     create_engine,
     event,
@@ -176,7 +175,7 @@ class Database:
         if self.is_postgres:
             conn.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(name, 0))))
 
-    def insert(self, table: Any) -> Insert:
+    def insert(self, table: Any) -> postgresql.Insert | sqlite.Insert:
         """The dialect's INSERT, which knows ON CONFLICT."""
         dialect_insert = postgresql.insert if self.is_postgres else sqlite.insert
         return dialect_insert(table)
@@ -193,19 +192,19 @@ class Database:
         if not rows:
             return 0
         if self.is_postgres:
-            payload = [(t, str(c) if c else None, p, k, m, _iso(s)) for t, c, p, k, m, s in rows]
+            pg_rows = [(t, str(c) if c else None, p, k, m, _iso(s)) for t, c, p, k, m, s in rows]
             result = conn.execute(
-                text(_PG_INSERT_JOBS), {"rows": orjson.dumps(payload).decode(), "now": now}
+                text(_PG_INSERT_JOBS), {"rows": orjson.dumps(pg_rows).decode(), "now": now}
             )
         else:
             # SQLite stores uuids as 32 hex digits and timestamps as naive UTC text.
-            payload = [
+            sqlite_rows = [
                 (t, c.hex if c else None, orjson.dumps(p).decode(), k, m, _sqlite_time(s))
                 for t, c, p, k, m, s in rows
             ]
             result = conn.execute(
                 text(_SQLITE_INSERT_JOBS),
-                {"rows": orjson.dumps(payload).decode(), "now": _sqlite_time(now)},
+                {"rows": orjson.dumps(sqlite_rows).decode(), "now": _sqlite_time(now)},
             )
         return result.rowcount
 
@@ -417,6 +416,8 @@ def _bound_waits(engine: Engine, timeouts: DbTimeouts, *, pooled: bool) -> None:
         finally:
             dbapi_connection.answer_timeout_s = saved
 
+    # SQLAlchemy has no hook for the pool's ping; this replaces it on this engine's own
+    # dialect instance only.
     engine.dialect.do_ping = _quick_ping  # type: ignore[method-assign]
 
 

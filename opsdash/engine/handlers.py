@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, bindparam, delete, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import col
 from tzlocal.windows_tz import win_tz
 
 from opsdash.engine import auth_users, coordinator, jobparams, queue
@@ -30,7 +31,15 @@ from opsdash.engine.blobs import (
     sha256_hex,
 )
 from opsdash.engine.db import Database, patiently
-from opsdash.engine.models import BackgroundJob, Company, JobType, Role, ScheduleData, UserProfile
+from opsdash.engine.models import (
+    BackgroundJob,
+    Company,
+    JobType,
+    Role,
+    ScheduleData,
+    UserProfile,
+    table_of,
+)
 from opsdash.engine.sqltypes import utcnow
 from opsdash.engine.transform import (
     DroppedValues,
@@ -46,9 +55,9 @@ from opsdash.engine.upstream import MAX_RANGE_DAYS, MaidCentralClient, UpstreamE
 log = logging.getLogger("opsdash.handlers")
 T = TypeVar("T")
 
-COMPANIES = Company.__table__  # type: ignore[attr-defined]
-PROFILES = UserProfile.__table__  # type: ignore[attr-defined]
-SCHEDULES = ScheduleData.__table__  # type: ignore[attr-defined]
+COMPANIES = table_of(Company)
+PROFILES = table_of(UserProfile)
+SCHEDULES = table_of(ScheduleData)
 
 ROLE_PRECEDENCE = (
     ("administrator", Role.ADMIN),
@@ -163,7 +172,7 @@ def _company_of(db: Database, work: jobparams.ScheduleWork) -> Company | None:
         if work.company_id is not None:
             return session.get(Company, work.company_id)
         return session.execute(
-            select(Company).where(Company.service_company_id == work.service_company_id)  # type: ignore[arg-type]
+            select(Company).where(col(Company.service_company_id) == work.service_company_id)
         ).scalar_one_or_none()
 
 
@@ -510,7 +519,7 @@ def _stored_metadata(
     with db.session() as session:
         rows = session.execute(
             select(ScheduleData).where(
-                ScheduleData.company_id == company_id,
+                SCHEDULES.c.company_id == company_id,
                 SCHEDULES.c.date.in_(days),
             )
         ).scalars()

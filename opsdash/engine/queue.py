@@ -37,11 +37,12 @@ from opsdash.engine.models import (
     JobStat,
     JobStatus,
     JobType,
+    table_of,
 )
 from opsdash.engine.sqltypes import utcnow
 
-JOBS = BackgroundJob.__table__  # type: ignore[attr-defined]
-STATS = JobStat.__table__  # type: ignore[attr-defined]
+JOBS = table_of(BackgroundJob)
+STATS = table_of(JobStat)
 C = JOBS.c
 
 # A company's whole sync window fits in one coalesced claim.

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy import func, select
+from sqlmodel import col
 
 from opsdash.config import Mode, Settings
 from opsdash.datafolder import secure_existing
@@ -356,7 +357,7 @@ class Engine:
     def company_by_service_id(self, service_company_id: str) -> Company | None:
         with self.db.session() as session:
             return session.execute(
-                select(Company).where(Company.service_company_id == service_company_id)  # type: ignore[arg-type]
+                select(Company).where(col(Company.service_company_id) == service_company_id)
             ).scalar_one_or_none()
 
     def active_jobs(self) -> int:
@@ -364,7 +365,7 @@ class Engine:
             return conn.execute(
                 select(func.count())
                 .select_from(BackgroundJob)
-                .where(BackgroundJob.status.in_(ACTIVE_STATUSES))  # type: ignore[attr-defined]
+                .where(col(BackgroundJob.status).in_(ACTIVE_STATUSES))
             ).scalar_one()
 
     def wait_idle(self, timeout_s: float = 600.0, poll_s: float = 0.2) -> bool:
