@@ -166,6 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=8080,
         help="port to bind (0: any free port, printed at start)",
     )
+    web.add_argument(
+        "--no-engine",
+        dest="web_no_engine",
+        action="store_true",
+        help="host no workers or scheduler here (they run in `opsdash worker` processes)",
+    )
 
     commands.add_parser("migrate", help="bring the database schema up to date", parents=per_command)
     commands.add_parser(
@@ -290,7 +296,10 @@ def _web(settings: Settings, args: argparse.Namespace) -> int:
 
     try:
         return run_web(
-            settings, host=args.web_host, port=args.web_port, with_engine=not args.no_engine
+            settings,
+            host=args.web_host,
+            port=args.web_port,
+            with_engine=not (args.no_engine or args.web_no_engine),
         )
     except WebConfigError as error:
         raise CliError(str(error)) from None
