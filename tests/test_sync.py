@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from datetime import UTC, date, datetime
 
 import orjson
@@ -10,6 +11,7 @@ import psycopg
 import pytest
 from sqlalchemy import select
 
+from opsdash.config import Settings
 from opsdash.engine import coordinator
 from opsdash.engine.models import BackgroundJob, Company, JobStatus, ScheduleData, UserProfile
 from opsdash.engine.runtime import Engine
@@ -103,12 +105,20 @@ def test_failing_company_does_not_affect_the_others(engine: Engine, demo_upstrea
     assert all(job.status == JobStatus.COMPLETED for job in healthy)
 
 
+@pytest.fixture
+def impatient_engine(settings: Settings) -> Iterator[Engine]:
+    """An engine whose upstream requests give up after 0.3 s (the faults below hang 1 s)."""
+    running = Engine(settings.model_copy(update={"upstream_timeout_s": 0.3}))
+    yield running
+    running.stop()
+
+
 @pytest.mark.parametrize("fault", ["timeout", "malformed", "unsuccessful", "429"])
 def test_persistent_fault_fails_with_a_clear_message_and_no_blob(
-    engine: Engine, demo_upstream, fault: str
+    impatient_engine: Engine, demo_upstream, fault: str
 ) -> None:
+    engine = impatient_engine
     demo_upstream.faults.hang_s = 1.0
-    engine.upstream.set_timeout(0.3)
     demo_upstream.faults.retry_after_s = 0
     broken = demo_upstream.world.service_company_ids[0]
     demo_upstream.faults.failing_companies = {broken: fault}

@@ -18,7 +18,6 @@ from opsdash.engine.transform import (
     TransformError,
     build_document,
     document_counts,
-    document_fingerprint,
     duplicate_job_ids,
     group_by_date,
     read_key,
@@ -366,19 +365,6 @@ def test_repeated_job_id_still_gives_one_order(demo_day: list[dict[str, Any]]) -
     twin["NotesAndMemos"]["HomeInternalMemo"] = "a different memo"
     records = [*demo_day, twin]
     assert serialize_document(build(records)) == serialize_document(build(records[::-1]))
-
-
-def test_fingerprint_ignores_generated_at_but_not_content(demo_day: list[dict[str, Any]]) -> None:
-    doc = build(demo_day)
-    later = build_document(
-        demo_day, company_id=doc["companyId"], service_company_id="1001", day=DAY,
-        generated_at=GENERATED_AT + timedelta(hours=1),
-    )  # fmt: skip
-    assert serialize_document(doc) != serialize_document(later)
-    assert document_fingerprint(doc) == document_fingerprint(later)
-    changed = copy.deepcopy(demo_day)
-    changed[0]["ScheduledStartTime"] = "06:00"
-    assert document_fingerprint(build(changed)) != document_fingerprint(doc)
 
 
 # -- demo data end to end -----------------------------------------------------------------------

@@ -40,16 +40,11 @@ from sqlmodel import Session
 
 from opsdash.datafolder import private_file
 from opsdash.engine import models  # noqa: F401  (registers the tables on the metadata)
-from opsdash.engine.models import BackgroundJob
 from opsdash.engine.sqltypes import SQLITE_DATETIME_FORMAT
 
 SQLITE_BUSY_TIMEOUT_S = 30
 T = TypeVar("T")
 log = logging.getLogger("opsdash.db")
-
-
-class DatabaseUnavailable(RuntimeError):
-    """The database could not be reached; the caller may retry later."""
 
 
 class SchemaOutdated(RuntimeError):
@@ -475,10 +470,6 @@ def create_schema(db: Database) -> None:
     from opsdash.engine.schema import upgrade
 
     upgrade(db)
-
-
-def job_columns() -> list[Any]:
-    return list(BackgroundJob.__table__.columns)  # type: ignore[attr-defined]
 
 
 # --- riding out a short outage ------------------------------------------------------------

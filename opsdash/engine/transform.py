@@ -13,7 +13,6 @@ would carry whatever it holds, an access code say, into a field technicians see.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -537,16 +536,6 @@ def serialize_document(doc: ScheduleDocument) -> bytes:
         return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
     except orjson.JSONEncodeError as exc:
         raise TransformError(f"schedule document cannot be serialized: {exc}") from exc
-
-
-def document_fingerprint(doc: ScheduleDocument) -> str:
-    """SHA-256 hex of the document's content, ignoring ``generatedAt``.
-
-    ``generatedAt`` changes on every sync, so the blob checksum alone would call every day
-    changed; comparing fingerprints tells whether the schedule itself changed.
-    """
-    content = {key: value for key, value in doc.items() if key != "generatedAt"}
-    return hashlib.sha256(serialize_document(content)).hexdigest()
 
 
 def document_counts(doc: ScheduleDocument) -> tuple[int, int, int]:

@@ -230,9 +230,6 @@ class MaidCentralClient:
         """HTTP requests sent so far, retries included."""
         return self._calls
 
-    def set_timeout(self, seconds: float) -> None:
-        self._http.timeout = httpx.Timeout(seconds)
-
     def close(self) -> None:
         self._http.close()
 

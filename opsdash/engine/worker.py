@@ -95,10 +95,6 @@ class WorkerPool:
     def paused(self) -> bool:
         return self._paused.is_set()
 
-    @property
-    def stop_event(self) -> threading.Event:
-        return self._stopping
-
     def start(self) -> None:
         if self._threads:
             return

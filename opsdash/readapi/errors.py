@@ -19,7 +19,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from opsdash.engine.blobs import BlobNotFound, BlobStorePublic, BlobStoreUnavailable
-from opsdash.engine.db import DatabaseUnavailable
 from opsdash.privacy import ViewRefused
 from opsdash.readapi.logbudget import LogBudget
 from opsdash.readapi.models import ErrorBody
@@ -82,7 +81,7 @@ def classify(error: Exception) -> tuple[int, str, dict[str, str] | None]:
         return 503, "schedule storage bucket is public", None
     if isinstance(error, BlobStoreUnavailable):
         return 503, "schedule storage is unreachable", None
-    if isinstance(error, DatabaseUnavailable | SQLAlchemyError):
+    if isinstance(error, SQLAlchemyError):
         return 503, "database is unreachable", None
     if isinstance(error, RequestValidationError):
         return 400, _describe_validation_error(error), None
@@ -95,7 +94,7 @@ def outage_kind(error: Exception) -> str | None:
     """ "database" or "storage" when ``error`` means that part is unreachable, else None."""
     if isinstance(error, BlobStoreUnavailable):
         return "storage"
-    if isinstance(error, DatabaseUnavailable | SQLAlchemyError):
+    if isinstance(error, SQLAlchemyError):
         return "database"
     return None
 
@@ -150,7 +149,6 @@ HANDLED: tuple[type[Exception], ...] = (
     ViewRefused,
     BlobNotFound,
     BlobStoreUnavailable,
-    DatabaseUnavailable,
     SQLAlchemyError,
     RequestValidationError,
     StarletteHTTPException,
