@@ -320,6 +320,8 @@ def _wait_until_listening(engine: Engine, processes: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--only", choices=["enqueue", "drain", "throughput", "durability"])
+    parser.add_argument("--durability-cycles", type=int, default=300, help="job lives a round")
+    parser.add_argument("--durability-rounds", type=int, default=3, help="rounds of on/off")
     args = parser.parse_args()
     if args.only in (None, "enqueue"):
         bench_enqueue()
@@ -329,7 +331,7 @@ def main() -> None:
     if args.only in (None, "drain"):
         bench_drain()
     if args.only in (None, "durability"):
-        bench_durability()
+        bench_durability(args.durability_cycles, args.durability_rounds)
 
 
 if __name__ == "__main__":

@@ -318,6 +318,36 @@ def enqueue_section(figures: dict, companies: int) -> list[str]:
 # --- the console with 200,000 jobs -------------------------------------------------------
 
 
+def bench_durability(cycles: int, rounds: int) -> tuple[str, str]:
+    command = [sys.executable, "bench/bench_engine.py", "--only", "durability"]
+    command += ["--durability-cycles", str(cycles), "--durability-rounds", str(rounds)]
+    log(f"durable commits: {' '.join(command[1:])}")
+    output = subprocess.run(
+        command, cwd=REPO, check=True, capture_output=True, text=True
+    ).stdout.strip()
+    return output, " ".join(["python", *command[1:]])
+
+
+def durability_section(output: str, command: str) -> list[str]:
+    return [
+        "## What durable commits cost (Postgres)",
+        "",
+        "One job's life is three commits (enqueue, claim, complete), each waiting for the WAL",
+        "flush so that what the engine reports as queued, claimed or done survives a crash.",
+        "The anchor is the same with `synchronous_commit = off` (as before), alternated in",
+        "the same run on the shared local Postgres.",
+        "",
+        "```",
+        output,
+        "```",
+        "",
+        "```sh",
+        command,
+        "```",
+        "",
+    ]
+
+
 def bench_console(rows: int) -> tuple[str, str]:
     command = [sys.executable, "bench/bench_console.py", "--rows", str(rows), "--backend", "sqlite"]
     log(f"console: {' '.join(command[1:])}")
@@ -387,6 +417,7 @@ def main() -> int:
             enqueue_runs,
         )
         sync = bench_sync(cluster, companies, rate=companies, runs=sync_runs)
+    durability, durability_command = bench_durability(*((50, 1) if args.quick else (300, 3)))
     console, console_command = bench_console(console_rows)
     took = time.monotonic() - started
     body = [
@@ -398,6 +429,7 @@ def main() -> int:
         *read_api_section(read_api),
         *sync_section(sync),
         *enqueue_section(enqueue, companies),
+        *durability_section(durability, durability_command),
         *console_section(console, console_command, console_rows),
     ]
     rewrite_doc(body)
