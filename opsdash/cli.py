@@ -18,7 +18,6 @@ from types import FrameType
 from typing import Any, Protocol, TypeVar
 
 from pydantic import ValidationError
-from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
 from opsdash.config import ConfigurationError, Settings, load_settings
@@ -378,20 +377,10 @@ def _sync(settings: Settings, args: argparse.Namespace) -> int:
 def _follow_progress(engine: object, since: datetime, stop: threading.Event) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from opsdash.engine.models import BackgroundJob, table_of
+    from opsdash.engine import queries
     from opsdash.engine.runtime import Engine
 
     assert isinstance(engine, Engine)
-    jobs = table_of(BackgroundJob).c
-
-    def counts() -> dict[str, int]:
-        with engine.db.read() as conn:
-            rows = conn.execute(
-                select(jobs.status, func.count())
-                .where(jobs.created_at >= since)
-                .group_by(jobs.status)
-            ).all()
-        return {status: count for status, count in rows}
 
     with Progress(
         TextColumn("[bold]sync"),
@@ -403,7 +392,7 @@ def _follow_progress(engine: object, since: datetime, stop: threading.Event) -> 
     ) as progress:
         task = progress.add_task("sync", total=None, detail="")
         while not stop.is_set():
-            by_status = counts()
+            by_status = queries.counts_since(engine.db, since)
             total = sum(by_status.values())
             done = (
                 by_status.get("completed", 0)
@@ -418,7 +407,7 @@ def _follow_progress(engine: object, since: datetime, stop: threading.Event) -> 
     if stop.is_set():
         # Release the running jobs first, so that the summary says where they are now.
         _stop(engine)
-    by_status = counts()
+    by_status = queries.counts_since(engine.db, since)
     summary = ", ".join(f"{count} {status}" for status, count in sorted(by_status.items()))
     if stop.is_set():
         print(
@@ -456,6 +445,7 @@ def _verify(settings: Settings, args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from opsdash.engine import queries
     from opsdash.engine.db import DbTimeouts, connect
     from opsdash.engine.runtime import open_blob_store
     from opsdash.engine.schema import ensure_schema
@@ -470,7 +460,7 @@ def _verify(settings: Settings, args: argparse.Namespace) -> int:
         ensure_schema(db)
         blobs = open_blob_store(settings)
         try:
-            if args.company and not _company_exists(db, args.company):
+            if args.company and queries.company_id_of(db, args.company) is None:
                 raise CliError(f"unknown company {args.company!r}")
             report = verify(db, blobs, service_company_id=args.company, deep=args.deep)
             console = Console()
@@ -504,19 +494,6 @@ def _verify(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         db.dispose()
     return 0 if report.ok else 1
-
-
-def _company_exists(db: object, service_company_id: str) -> bool:
-    from opsdash.engine.db import Database
-    from opsdash.engine.models import Company, table_of
-
-    assert isinstance(db, Database)
-    companies = table_of(Company).c
-    with db.read() as conn:
-        found = conn.execute(
-            select(companies.id).where(companies.service_company_id == service_company_id)
-        ).first()
-    return found is not None
 
 
 def _doctor(settings: Settings, args: argparse.Namespace) -> int:

@@ -192,6 +192,21 @@ def test_run_progress_counts_the_run_in_flight(db: Database, two_companies) -> N
     assert progress.pending == 1
 
 
+def test_counts_since_follow_the_jobs_created_since(db: Database, two_companies) -> None:
+    acme, _ = two_companies
+    start = NOW - timedelta(minutes=1)
+    assert queries.counts_since(db, start) == {}
+    add(
+        db,
+        job(acme, "2026-11-01", created=NOW - timedelta(hours=2)),  # before: not counted
+        job(acme, "2026-12-01", status=JobStatus.PENDING, created=start),
+        job(acme, "2026-12-02", created=start),
+        job(acme, "2026-12-03", created=NOW),
+        job(acme, "2026-12-04", status=JobStatus.FAILED, created=NOW),
+    )
+    assert queries.counts_since(db, start) == {"pending": 1, "completed": 2, "failed": 1}
+
+
 def test_sync_times_come_from_the_database(db: Database, two_companies) -> None:
     acme, _ = two_companies
     assert queries.sync_times(db, now=NOW) == queries.SyncTimes(None, None, None)
@@ -290,6 +305,13 @@ def test_company_choices_by_name(db: Database, two_companies) -> None:
     assert [c.name for c in queries.company_choices(db)] == ["Acme Cleaning", "Bright Homes"]
 
 
+def test_company_id_of_a_service_company_id(db: Database, two_companies) -> None:
+    acme, bright = two_companies
+    assert queries.company_id_of(db, "1001") == acme.id
+    assert queries.company_id_of(db, "1002") == bright.id
+    assert queries.company_id_of(db, "9999") is None
+
+
 # --- operator writes on companies ------------------------------------------------------
 
 
@@ -353,6 +375,7 @@ def test_refresh_queries_never_scan_the_whole_jobs_table(db: Database, two_compa
         queries.status_counts(db, now=NOW)
         queries.throughput(db, now=NOW)
         queries.run_progress(db, now=NOW)
+        queries.counts_since(db, NOW - timedelta(minutes=1))
         queries.sync_times(db, now=NOW)
         queries.company_storage(db, now=NOW)
     finally:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, case, func, or_, select, text
+from sqlalchemy import Connection, Select, case, func, or_, select, text
 
 from opsdash.engine.db import Database
 from opsdash.engine.models import (
@@ -337,11 +337,7 @@ def run_progress(db: Database, *, now: datetime) -> RunProgress | None:
         if oldest_active is None:
             return None
         since = max(oldest_active, now - RUN_WINDOW)
-        by_status: dict[str, int] = dict(
-            conn.execute(
-                select(J.status, func.count()).where(J.created_at >= since).group_by(J.status)
-            ).all()
-        )
+        by_status = _created_since(conn, since)
     total = sum(by_status.values())
     done = sum(by_status.get(status, 0) for status in FINISHED_STATUSES)
     return RunProgress(
@@ -351,6 +347,20 @@ def run_progress(db: Database, *, now: datetime) -> RunProgress | None:
         failed=by_status.get(JobStatus.FAILED, 0),
         running=by_status.get(JobStatus.RUNNING, 0),
     )
+
+
+def counts_since(db: Database, since: datetime) -> dict[str, int]:
+    """Jobs created since ``since``, per status (a status with none is left out): what
+    ``opsdash sync --wait`` follows."""
+    with db.read() as conn:
+        return _created_since(conn, since)
+
+
+def _created_since(conn: Connection, since: datetime) -> dict[str, int]:
+    rows = conn.execute(
+        select(J.status, func.count()).where(J.created_at >= since).group_by(J.status)
+    ).all()
+    return {status: count for status, count in rows}
 
 
 @dataclass(frozen=True)
@@ -389,6 +399,14 @@ class CompanyChoice:
     id: uuid.UUID
     service_company_id: str
     name: str
+
+
+def company_id_of(db: Database, service_company_id: str) -> uuid.UUID | None:
+    """The company's id from its upstream ``ServiceCompanyId``; None for an unknown one."""
+    with db.read() as conn:
+        return conn.execute(
+            select(COMPANIES.c.id).where(COMPANIES.c.service_company_id == service_company_id)
+        ).scalar_one_or_none()
 
 
 def company_choices(db: Database) -> list[CompanyChoice]:
