@@ -54,7 +54,6 @@ def environment(settings: Settings) -> dict[str, str]:
         "OPSDASH_DATABASE_URL": settings.effective_database_url,
         "OPSDASH_DEMO": "1",  # the tests' own database and demo data
         "OPSDASH_DATA_DIR": str(settings.data_dir),
-        "OPSDASH_BLOB_BACKEND": settings.effective_blob_backend,
         "COLUMNS": "200",
     }
     if settings.supabase_url and settings.supabase_service_role_key:
