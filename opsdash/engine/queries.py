@@ -12,7 +12,7 @@ import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Select, case, func, or_, select, text
@@ -30,6 +30,7 @@ from opsdash.engine.models import (
     UserProfile,
     table_of,
 )
+from opsdash.engine.sqltypes import utc_hour
 from opsdash.privacy import effective_toggles
 
 JOBS = table_of(BackgroundJob)
@@ -264,10 +265,6 @@ class HourlyThroughput:
     failed: list[int]
 
 
-def _hour(moment: datetime) -> datetime:
-    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-
-
 def _hour_bucket(moment: Any, buckets: list[datetime]) -> Any:
     """The index of the hour ``moment`` falls in, as one portable CASE (no dialect date_trunc)."""
     ends = [hour + timedelta(hours=1) for hour in buckets]
@@ -276,7 +273,7 @@ def _hour_bucket(moment: Any, buckets: list[datetime]) -> Any:
 
 def throughput(db: Database, *, now: datetime, hours: int = 24) -> HourlyThroughput:
     """Finished jobs per hour from ``job_stats`` (pruned history) plus the jobs still stored."""
-    first_hour = _hour(now) - timedelta(hours=hours - 1)
+    first_hour = utc_hour(now) - timedelta(hours=hours - 1)
     buckets = [first_hour + timedelta(hours=index) for index in range(hours)]
     finished: Counter[datetime] = Counter()
     failed: Counter[datetime] = Counter()
@@ -284,9 +281,9 @@ def throughput(db: Database, *, now: datetime, hours: int = 24) -> HourlyThrough
         for hour, status, count in conn.execute(
             select(STATS.c.hour, STATS.c.status, STATS.c.count).where(STATS.c.hour >= first_hour)
         ):
-            finished[_hour(hour)] += count
+            finished[utc_hour(hour)] += count
             if status == JobStatus.FAILED:
-                failed[_hour(hour)] += count
+                failed[utc_hour(hour)] += count
         bucket = _hour_bucket(J.completed_at, buckets).label("bucket")
         live = conn.execute(
             select(bucket, J.status, func.count())

@@ -24,7 +24,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, delete, or_, select, update
@@ -39,7 +39,7 @@ from opsdash.engine.models import (
     JobType,
     table_of,
 )
-from opsdash.engine.sqltypes import utcnow
+from opsdash.engine.sqltypes import utc_hour, utcnow
 
 JOBS = table_of(BackgroundJob)
 STATS = table_of(JobStat)
@@ -653,10 +653,6 @@ def _rescue_values(
     }
 
 
-def _hour(moment: datetime) -> datetime:
-    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-
-
 def prune(
     db: Database, *, older_than: timedelta, now: datetime | None = None, batch: int = 5000
 ) -> int:
@@ -680,7 +676,7 @@ def prune(
 def _roll_up(db: Database, conn: Connection, rows: Sequence[Any]) -> None:
     buckets: dict[tuple[datetime, str, str], list[int]] = defaultdict(lambda: [0, 0, 0])
     for row in rows:
-        bucket = buckets[(_hour(row.completed_at or row.created_at), row.job_type, row.status)]
+        bucket = buckets[(utc_hour(row.completed_at or row.created_at), row.job_type, row.status)]
         duration = row.duration_ms or 0
         bucket[0] += 1
         bucket[1] += duration

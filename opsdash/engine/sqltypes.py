@@ -46,3 +46,8 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def utc_hour(moment: datetime) -> datetime:
+    """The start of the UTC hour ``moment`` falls in: how ``job_stats`` buckets jobs."""
+    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
