@@ -17,6 +17,7 @@ from sqlalchemy import select
 
 from opsdash.config import Settings
 from opsdash.demo.server import DemoUpstream
+from opsdash.engine.blobs import content_path, sha256_hex
 from opsdash.engine.models import BackgroundJob, JobStatus, JobType, ScheduleData
 from opsdash.engine.runtime import Engine
 from tests.conftest import engine_settings, migrated
@@ -122,6 +123,128 @@ def test_an_object_deleted_behind_the_engines_back_is_restored_by_the_next_sync(
         assert others and all(result.get("unchanged") for result in others)
         assert engine.blobs.get(other) == engine.blobs.get(other)  # untouched, still there
         assert {job.status for job in new_jobs} == {JobStatus.COMPLETED}
+    finally:
+        engine.stop()
+
+
+ALTERATIONS: dict[str, Callable[[bytes], bytes]] = {
+    "replaced with other bytes": lambda original: b'{"jobs": [], "written": "by someone else"}',
+    "truncated": lambda original: original[: len(original) // 2],
+}
+
+
+@pytest.mark.parametrize("alter", ALTERATIONS.values(), ids=ALTERATIONS.keys())
+@pytest.mark.parametrize("backend", ["local", "supabase"])
+def test_an_object_altered_behind_the_engines_back_is_rewritten_by_the_next_sync(
+    db_url: str,
+    tmp_path: Path,
+    demo_upstream: DemoUpstream,
+    storage: SupabaseStorageStandIn,
+    project: SupabaseAuthStandIn,
+    backend: str,
+    alter: Callable[[bytes], bytes],
+) -> None:
+    db_url = migrated(db_url)
+    if backend == "supabase":
+        settings = supabase_settings(db_url, tmp_path, demo_upstream, project)
+    else:
+        settings = engine_settings(db_url, tmp_path / "data", demo_upstream.url)
+    engine = Engine(settings)
+    try:
+        engine.start(scheduler=False)
+        sync_and_wait(engine)
+        stored = rows(engine)
+        path = sorted(stored)[0]
+        original = engine.blobs.get(path)
+        altered = alter(original)
+        assert len(altered) != len(original)
+        if backend == "supabase":
+            storage.put_object(BUCKET, path, altered)
+        else:
+            (settings.blob_root / path).write_bytes(altered)
+        assert engine.blobs.get(path) == altered
+        before = {job.id for job in jobs(engine)}
+
+        company = engine.company_by_service_id(path.split("/")[0])
+        assert company is not None
+        sync_and_wait(engine, company_id=company.id)
+
+        assert engine.blobs.get(path) == original
+        assert rows(engine)[path].checksum == stored[path].checksum
+        new_jobs = [job for job in jobs(engine) if job.id not in before]
+        results = {job.params["date"]: job.result or {} for job in new_jobs}
+        altered_day = path.split("/")[1]
+        assert results[altered_day].get("restored") is True
+        others = [result for day, result in results.items() if day != altered_day]
+        assert others and all(result.get("unchanged") for result in others)
+        assert not any(result.get("restored") for result in others)
+        assert {job.status for job in new_jobs} == {JobStatus.COMPLETED}
+    finally:
+        engine.stop()
+
+
+@pytest.mark.parametrize("backend", ["local", "supabase"])
+def test_another_version_of_the_day_does_not_stand_in_for_the_lost_one(
+    db_url: str,
+    tmp_path: Path,
+    demo_upstream: DemoUpstream,
+    storage: SupabaseStorageStandIn,
+    project: SupabaseAuthStandIn,
+    backend: str,
+) -> None:
+    db_url = migrated(db_url)
+    if backend == "supabase":
+        settings = supabase_settings(db_url, tmp_path, demo_upstream, project)
+    else:
+        settings = engine_settings(db_url, tmp_path / "data", demo_upstream.url)
+    engine = Engine(settings)
+    try:
+        engine.start(scheduler=False)
+        sync_and_wait(engine)
+        path = sorted(rows(engine))[0]
+        original = engine.blobs.get(path)
+        company_id, day, _ = path.split("/")
+        # A late writer's version of the day, of the very same size, and the published one gone.
+        stray_body = original.upper()
+        stray = content_path(company_id, day, sha256_hex(stray_body))
+        assert len(stray_body) == len(original) and stray != path
+        engine.blobs.put(stray, stray_body)
+        engine.blobs.delete(path)
+
+        company = engine.company_by_service_id(company_id)
+        assert company is not None
+        sync_and_wait(engine, company_id=company.id)
+
+        assert engine.blobs.get(path) == original
+        assert rows(engine)[path].storage_path == path
+    finally:
+        engine.stop()
+
+
+def test_a_sync_lists_each_company_once_and_an_unchanged_one_writes_nothing(
+    db_url: str,
+    tmp_path: Path,
+    demo_upstream: DemoUpstream,
+    storage: SupabaseStorageStandIn,
+    project: SupabaseAuthStandIn,
+) -> None:
+    settings = supabase_settings(migrated(db_url), tmp_path, demo_upstream, project)
+    engine = Engine(settings)
+    try:
+        engine.start(scheduler=False)
+        sync_and_wait(engine)
+        companies = {row.company_id for row in rows(engine).values()}
+        assert len(companies) == len(demo_upstream.world.service_company_ids)
+        storage.reset_counts()
+
+        sync_and_wait(engine)
+
+        # One list-v2 request per company for all its days: no folder walk, no request per
+        # day, and nothing read or written when nothing changed.
+        assert storage.count("POST", "object/list-v2") == len(companies)
+        assert storage.count(route="object/list") == 0
+        assert storage.count(route="object") == storage.count(route="object/authenticated") == 0
+        assert {job.status for job in jobs(engine)} == {JobStatus.COMPLETED}
     finally:
         engine.stop()
 

@@ -15,6 +15,7 @@ import hashlib
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -443,7 +444,7 @@ def test_get_from_a_missing_bucket_is_not_blob_not_found(make_store: StoreFactor
         make_store().get(PATH)
 
 
-def test_list_walks_company_and_date_folders_like_the_local_store(
+def test_list_finds_every_document_under_a_folder_like_the_local_store(
     storage: SupabaseStorageStandIn, store: SupabaseBlobStore, tmp_path: Path
 ) -> None:
     local = LocalBlobStore(tmp_path / "blobs")
@@ -466,15 +467,47 @@ def test_list_walks_company_and_date_folders_like_the_local_store(
         assert store.list(prefix) == local.list(prefix), prefix
 
 
-def test_list_pages_through_folders_larger_than_one_answer(
-    store: SupabaseBlobStore, make_store: StoreFactory
+def test_list_pages_through_more_objects_than_one_answer(
+    storage: SupabaseStorageStandIn, store: SupabaseBlobStore, make_store: StoreFactory
 ) -> None:
     paths = [schedule_path("1001", f"2026-12-0{day}") for day in range(1, 6)]
     for path in paths:
         store.put(path, b"{}")
     paging = make_store(list_page_size=2)
+    storage.reset_counts()
     assert [info.path for info in paging.list("1001")] == paths
+    assert storage.count("POST", "object/list-v2") == 3  # 2 + 2 + 1
     assert [info.path for info in paging.list()] == paths
+
+
+def test_list_of_a_company_is_one_request_per_1000_objects_with_sizes(
+    storage: SupabaseStorageStandIn, store: SupabaseBlobStore
+) -> None:
+    start = date(2026, 1, 1)
+    paths = [schedule_path("1001", start + timedelta(days=n)) for n in range(1001)]
+    for n, path in enumerate(paths):
+        storage.put_object(BUCKET, path, b"x" * (n % 7))
+    storage.put_object(BUCKET, schedule_path("1002", start), b"{}")
+    storage.reset_counts()
+    listed = store.list("1001")
+    # One folder level per request (list v1) would be 1,002 requests; list-v2 pages whole names.
+    assert storage.count("POST", "object/list-v2") == 2
+    assert storage.count() == 2
+    assert listed == [BlobInfo(path, n % 7) for n, path in enumerate(paths)]
+
+
+def test_a_company_id_with_an_underscore_lists_its_own_documents_only(
+    store: SupabaseBlobStore, tmp_path: Path
+) -> None:
+    local = LocalBlobStore(tmp_path / "blobs")
+    mine = schedule_path("acme_1", "2026-12-01")
+    # "_" is a LIKE wildcard and list v1 ignored case: neither neighbour may show up.
+    others = [schedule_path(company, "2026-12-01") for company in ("acmeX1", "ACME_1", "acme_10")]
+    for target in (store, local):
+        for path in [mine, *others]:
+            target.put(path, b"{}")
+    assert store.list("acme_1") == local.list("acme_1") == [BlobInfo(mine, 2)]
+    assert [info.path for info in store.list("acmeX1")] == [others[0]]
 
 
 def test_delete_removes_and_deleting_again_is_harmless(store: SupabaseBlobStore) -> None:
@@ -612,22 +645,18 @@ def test_a_bucket_made_public_fails_ping(
         store.ping()
 
 
-def test_list_days_and_delete_many_match_the_local_store(
+def test_list_sizes_and_delete_many_match_the_local_store(
     store: SupabaseBlobStore, make_store: StoreFactory, tmp_path: Path
 ) -> None:
     local = LocalBlobStore(tmp_path / "blobs")
     paths = [schedule_path("1001", f"2026-12-0{day}") for day in range(1, 6)]
     paths.append(schedule_path("1002", "2026-12-01"))
-    for path in paths:
-        store.put(path, b"{}")
-        local.put(path, b"{}")
-    assert (
-        set(store.list_days("1001"))
-        == set(local.list_days("1001"))
-        == {f"2026-12-0{day}" for day in range(1, 6)}
-    )
-    assert local.list_days("1001")["2026-12-01"] == 2
-    assert store.list_days("9999") == local.list_days("9999") == {}
+    for n, path in enumerate(paths):
+        store.put(path, b"{}" * n)
+        local.put(path, b"{}" * n)
+    assert store.list("1001") == local.list("1001")
+    assert [info.size for info in store.list("1001")] == [0, 2, 4, 6, 8]
+    assert store.list("9999") == local.list("9999") == []
     doomed = [*paths[:3], schedule_path("1001", "2026-11-01")]  # one that is not there
     assert store.delete_many(doomed) == local.delete_many(doomed) == 3
     assert [info.path for info in store.list()] == [info.path for info in local.list()]
@@ -649,16 +678,13 @@ def test_content_addressed_documents_are_listed_like_the_fixed_name(
     expected = sorted([legacy, current, newer])
     assert [info.path for info in store.list("1001")] == expected
     assert [info.path for info in local.list("1001")] == expected
-    assert (
-        set(store.list_days("1001"))
-        == set(local.list_days("1001"))
-        == {
-            "2026-12-01",
-            "2026-12-02",
-        }
-    )
-    # Two documents in one day: which is published is the metadata's to say, not a size.
-    assert local.list_days("1001") == {"2026-12-01": 2, "2026-12-02": None}
+    # Two documents in one day, each with its own size: which one is published is for
+    # schedule_data.storage_path to say.
+    assert store.list("1001") == local.list("1001")
+    assert {info.path: info.size for info in store.list("1001/2026-12-02")} == {
+        current: 2,
+        newer: 3,
+    }
 
 
 # --- the engine end to end -----------------------------------------------------------------

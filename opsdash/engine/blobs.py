@@ -13,6 +13,7 @@ Rows written before this layout point at ``schedule.json``, which stays readable
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import hashlib
 import os
@@ -119,17 +120,16 @@ class BlobStore(Protocol):
 
     def delete(self, path: str) -> None: ...
 
-    def list(self, prefix: str = "") -> list[BlobInfo]: ...
+    def list(self, prefix: str = "") -> list[BlobInfo]:
+        """Every schedule document under the folder ``prefix`` (a company id, or
+        ``{company}/{date}``; everything when empty), with its size, sorted by path.
 
-    def list_days(self, service_company_id: str) -> dict[str, int | None]:
-        """The company's stored days (date folder → size in bytes, or None when the
-        store cannot tell the size without one more request per day).
-
-        One listing of the company's folder, so a sync can notice a lost object cheaply.
+        A few requests at most (one per 1,000 objects on Supabase Storage), so a sync can
+        list a company's documents on every run and notice a lost or altered one cheaply.
         """
         ...
 
-    def delete_many(self, paths: list[str]) -> int:
+    def delete_many(self, paths: builtins.list[str]) -> int:
         """Remove many objects in a few requests; returns how many were removed."""
         ...
 
@@ -195,27 +195,7 @@ class LocalBlobStore:
             key=lambda info: info.path,
         )
 
-    def list_days(self, service_company_id: str) -> dict[str, int | None]:
-        folder = self._file(service_company_id)
-        if not folder.is_dir():
-            return {}
-        days: dict[str, int | None] = {}
-        for day in folder.iterdir():
-            if not day.is_dir():
-                continue
-            sizes = [
-                leaf.stat().st_size
-                for leaf in day.iterdir()
-                if is_schedule_file(leaf.name) and leaf.is_file()
-            ]
-            if sizes:
-                # Two documents for a day live side by side only for a moment (a new
-                # version before the old one is removed, or a late write being dropped):
-                # which one is published is the metadata's to say, so no size is given.
-                days[day.name] = sizes[0] if len(sizes) == 1 else None
-        return days
-
-    def delete_many(self, paths: list[str]) -> int:
+    def delete_many(self, paths: builtins.list[str]) -> int:
         removed = 0
         for path in paths:
             target = self._file(path)
@@ -256,8 +236,8 @@ class SupabaseBlobStore:
     believed only after :meth:`ping` (an authenticated bucket lookup) has passed. The same
     lookup checks that the bucket is still private.
 
-    Listing matches prefixes case-insensitively, so company ids differing only in case
-    would share listings (their folders merge).
+    Listing uses list-v2: every object under a prefix, with its size, in one request per
+    1,000 objects (list v1 walks one folder level per request and tells no folder's size).
     """
 
     def __init__(
@@ -319,46 +299,30 @@ class SupabaseBlobStore:
         if not removed:
             self.ping()  # nothing removed is also what a key without access gets
 
-    def delete_many(self, paths: list[str]) -> int:
+    def delete_many(self, paths: builtins.list[str]) -> int:
         keys = [self._object_key(path) for path in paths]
         removed = 0
         for start in range(0, len(keys), REMOVE_BATCH):
             batch = keys[start : start + REMOVE_BATCH]
-            removed += len(self._call(lambda batch=batch: self._bucket().remove(batch)))
+            removed += len(self._call(partial(self._bucket().remove, batch)))
         if keys and not removed:
             self.ping()  # nothing removed is also what a key without access gets
         return removed
 
     def list(self, prefix: str = "") -> list[BlobInfo]:
-        # Storage lists one folder level at a time: company/ → date/ → schedule-….json.
-        top = prefix.strip("/")
-        found: list[BlobInfo] = []
-        folders = [self._object_key(top) if top else ""]
-        while folders:
-            folder = folders.pop()
-            for entry in self._folder_entries(folder):
-                child = f"{folder}/{entry['name']}" if folder else entry["name"]
-                if entry.get("id") is None:
-                    folders.append(child)
-                elif is_schedule_file(entry["name"]):
-                    size = (entry.get("metadata") or {}).get("size", 0)
-                    found.append(BlobInfo(child, int(size)))
+        folder = self._object_key(prefix.strip("/")) + "/" if prefix.strip("/") else ""
+        found = [
+            BlobInfo(entry.name, int((entry.metadata or {}).get("size", 0)))
+            for entry in self._objects_under(folder)
+            # Only names under the folder as written. v1.70.6 matches the prefix literally
+            # and case-sensitively, but older servers read "_" as any character (and before
+            # that ignored case), so "acme_1/" would bring in "acmeX1/"'s objects. Escaping
+            # "_" here instead would make v1.70.6, which escapes it itself, look for "\_".
+            if entry.name.startswith(folder) and is_schedule_file(entry.name.rsplit("/", 1)[-1])
+        ]
         if not found:
             self.ping()  # an empty listing is also what a key without access gets
         return sorted(found, key=lambda info: info.path)
-
-    def list_days(self, service_company_id: str) -> dict[str, int | None]:
-        # One level: the company's date folders. A folder exists only while an object is
-        # in it, and the day's schedule document (schedule-{hash}.json, or schedule.json
-        # from before content addressing) is the only object opsdash keeps there; the size
-        # would cost one more request per day, so it is left to `opsdash verify`.
-        folder = self._object_key(service_company_id)
-        days: dict[str, int | None] = {
-            entry["name"]: None for entry in self._folder_entries(folder) if entry.get("id") is None
-        }
-        if not days:
-            self.ping()  # an empty listing is also what a key without access gets
-        return days
 
     @staticmethod
     def _object_key(path: str) -> str:
@@ -367,15 +331,17 @@ class SupabaseBlobStore:
             raise InvalidBlobPath(f"invalid object path {path!r}")
         return path
 
-    def _folder_entries(self, folder: str) -> list[dict[str, Any]]:
-        """One folder level, page by page: each answer holds at most ``limit`` entries."""
-        entries: list[dict[str, Any]] = []
+    def _objects_under(self, prefix: str) -> builtins.list[Any]:
+        """Every object whose name starts with ``prefix``, with its size: list-v2, whole
+        names rather than one folder level, one request per page of at most 1,000."""
+        objects: builtins.list[Any] = []
+        options: dict[str, Any] = {"prefix": prefix, "limit": self._list_page_size}
         while True:
-            options = {"limit": self._list_page_size, "offset": len(entries)}
-            page = self._call(partial(self._bucket().list, folder, options))
-            entries.extend(page)
-            if len(page) < self._list_page_size:
-                return entries
+            page = self._call(partial(self._bucket().list_v2, dict(options)))
+            objects.extend(page.objects)
+            if not (page.hasNext and page.nextCursor):
+                return objects
+            options["cursor"] = page.nextCursor
 
     def ping(self) -> None:
         """An authenticated bucket lookup: reachable, the key accepted, the bucket private."""

@@ -259,10 +259,15 @@ def _sync_window(
         lambda: _stored_metadata(context.db, company.id, [day for _, day in jobs]),
         "reading stored schedule metadata",
     )
-    # One listing of the company's folder, so an object lost behind opsdash's back is
-    # noticed (and rewritten) without one extra request per day. Storage being down
-    # here or below raises BlobStoreUnavailable: the worker releases the batch unspent.
-    present = context.blobs.list_days(company.service_company_id) if stored else {}
+    # One listing of the company's documents (one request per 1,000 objects), so an object
+    # lost or altered behind opsdash's back is noticed, and rewritten, without one extra
+    # request per day. Storage being down here or below raises BlobStoreUnavailable: the
+    # worker releases the batch unspent.
+    present = (
+        {info.path: info.size for info in context.blobs.list(company.service_company_id)}
+        if stored
+        else {}
+    )
     changed: list[tuple[Outcome, ScheduleData]] = []
     unchanged: list[tuple[BackgroundJob, date]] = []
     for job, day in jobs:
@@ -388,7 +393,7 @@ def _store_day_safely(
     day: date,
     records: list[dict[str, Any]],
     stored: ScheduleData | None,
-    present: dict[str, int | None],
+    present: dict[str, int],
 ) -> tuple[Outcome, ScheduleData | None]:
     """A day that cannot be stored fails its job only; the others go on.
 
@@ -412,7 +417,7 @@ def _store_day(
     day: date,
     records: list[dict[str, Any]],
     stored: ScheduleData | None,
-    present: dict[str, int | None],
+    present: dict[str, int],
 ) -> tuple[Outcome, ScheduleData | None]:
     """Write the day's blob if its content changed or the stored object is lost or
     different; returns the metadata row to record."""
@@ -450,7 +455,7 @@ def _store_day(
             ", ".join(f"{name}: {count}" for name, count in sorted(dropped.by_field.items())),
         )
     if unchanged:
-        if _object_intact(present, day, len(body)):
+        if _object_intact(present, path, len(body)):
             return Outcome(job, True, result), None
         # Same content, but the object is gone or not what was written: write it again.
         result.update(unchanged=False, restored=True)
@@ -473,10 +478,14 @@ def _store_day(
     return Outcome(job, True, result), row
 
 
-def _object_intact(present: dict[str, int | None], day: date, size: int) -> bool:
-    """The listing shows the day's object, with the expected size when it tells sizes."""
-    listed = present.get(day.isoformat(), -1)
-    return listed is None or listed == size
+def _object_intact(present: dict[str, int], path: str, size: int) -> bool:
+    """The listing shows the object the metadata names, of the size just rendered.
+
+    By its exact name, so another document of the day (a version left over from a late
+    write) does not stand in for it; an object replaced or truncated under that name
+    shows another size. Bytes changed at the same size are for ``opsdash verify --deep`` to find.
+    """
+    return present.get(path) == size
 
 
 def _render(
