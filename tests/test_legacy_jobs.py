@@ -119,12 +119,13 @@ def test_workers_complete_the_rows_the_old_hourly_sync_queues(
         assert isinstance(range_result, dict) and range_result["days"] == 3
 
         with engine.db.session() as session:
-            stored = {
-                (row.company_id, row.date)
+            paths = {
+                (row.company_id, row.date): row.storage_path
                 for row in session.execute(
                     select(ScheduleData).where(ScheduleData.date >= FAR)  # type: ignore[arg-type]
                 ).scalars()
             }
+        stored = set(paths)
         assert stored == {
             (companies[first].id, d[0]),
             (companies[second].id, d[1]),
@@ -133,9 +134,10 @@ def test_workers_complete_the_rows_the_old_hourly_sync_queues(
             (companies[third].id, d[2]),
             (companies[third].id, d[3]),
         }
-        for company_id, day in stored:
+        for (company_id, day), path in paths.items():
             service_id = next(k for k, c in companies.items() if c.id == company_id)
-            assert engine.blobs.get(f"{service_id}/{day.isoformat()}/schedule.json")
+            assert path.startswith(f"{service_id}/{day.isoformat()}/")
+            assert engine.blobs.get(path)
 
         bad = job_row(engine, broken)
         assert bad["status"] == "failed" and bad["attempts"] == 1

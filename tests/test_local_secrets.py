@@ -135,7 +135,7 @@ def wide_entries(root: Path) -> list[str]:
 
 
 def targets(data_dir: Path) -> list[Path]:
-    blob = next(data_dir.glob("blobs/*/*/schedule.json"))
+    blob = next(data_dir.glob("blobs/*/*/schedule*.json"))  # named by its content
     return [
         data_dir,
         data_dir / "opsdash.db",
