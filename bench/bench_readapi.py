@@ -54,9 +54,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from opsdash.config import Settings  # noqa: E402
+from opsdash.demo import engine_for  # noqa: E402
 from opsdash.engine.db import connect, create_schema  # noqa: E402
 from opsdash.engine.models import ScheduleData, UserProfile  # noqa: E402
-from opsdash.engine.runtime import Engine  # noqa: E402
 from opsdash.readapi.conditional import SCHEDULE_PATH  # noqa: E402
 from opsdash.readapi.tokens import mint_token  # noqa: E402
 from tests.pgbouncer import PgBouncer, pgbouncer_missing_reason  # noqa: E402
@@ -111,7 +111,7 @@ def prepare(data_dir: Path, database_url: str | None) -> Fixture:
         days_ahead=14,
         workers=2,
     )
-    engine = Engine(settings)
+    engine = engine_for(settings)
     try:
         engine.sync()
         engine.start(scheduler=False)

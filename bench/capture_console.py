@@ -30,6 +30,7 @@ from textual.screen import Screen
 
 from opsdash.app import OpsdashApp
 from opsdash.config import Settings
+from opsdash.demo import DemoUpstream, engine_for
 from opsdash.engine.runtime import Engine
 from opsdash.screens.base import LiveScreen
 from opsdash.screens.companies import CompaniesScreen
@@ -138,22 +139,28 @@ async def shown(pilot: Pilot[None], screen_type: type[Screen[None]], refreshes: 
     await pilot.pause()
 
 
+def demo_of(engine: Engine) -> DemoUpstream:
+    """The demo upstream the engine serves (``engine_for`` handed it one)."""
+    assert isinstance(engine.local_upstream, DemoUpstream)
+    return engine.local_upstream
+
+
 async def add_failed_jobs(pilot: Pilot[None], engine: Engine) -> None:
     """One company answers HTTP 500 to a sync of its own: its jobs fail after their retries."""
-    assert engine.demo is not None
-    broken = engine.demo.world.service_company_ids[-1]
+    demo = demo_of(engine)
+    broken = demo.world.service_company_ids[-1]
     company = engine.company_by_service_id(broken)
     assert company is not None
-    engine.demo.faults = engine.demo.faults.updated({"failing_companies": {broken: "500"}})
+    demo.faults = demo.faults.updated({"failing_companies": {broken: "500"}})
     engine.sync(company_id=company.id)
     await wait_for(pilot, lambda: engine.active_jobs() == 0)
-    engine.demo.faults = engine.demo.faults.updated({"failing_companies": {}})
+    demo.faults = demo.faults.updated({"failing_companies": {}})
 
 
 async def capture_run_in_flight(pilot: Pilot[None], engine: Engine) -> str:
     """Sync now with a slow upstream, and capture the jobs screen while the run goes on."""
-    assert engine.demo is not None
-    engine.demo.faults = engine.demo.faults.updated({"latency_ms": SLOW_UPSTREAM_MS})
+    demo = demo_of(engine)
+    demo.faults = demo.faults.updated({"latency_ms": SLOW_UPSTREAM_MS})
     await pilot.press("s")
     await wait_for(pilot, lambda: engine.status().workers_busy > 0)
     await shown(pilot, JobsScreen, refreshes=2)
@@ -161,7 +168,7 @@ async def capture_run_in_flight(pilot: Pilot[None], engine: Engine) -> str:
     if "sync run" not in text:
         raise RuntimeError("the sync run finished before it was captured")
     await wait_for(pilot, lambda: engine.active_jobs() == 0)
-    engine.demo.faults = engine.demo.faults.updated({"latency_ms": 0.0})
+    demo.faults = demo.faults.updated({"latency_ms": 0.0})
     return text
 
 
@@ -201,7 +208,7 @@ async def capture(size: tuple[int, int]) -> Captures:
     """A real run on the demo data, in a data folder of its own."""
     with tempfile.TemporaryDirectory(prefix="demo-") as folder:
         # Short retry backoff: the failing company's jobs use up their attempts in seconds.
-        engine = Engine(DemoSettings(data_dir=Path(folder), retry_base_s=0.2))
+        engine = engine_for(DemoSettings(data_dir=Path(folder), retry_base_s=0.2))
         try:
             engine.start()  # a new database: the first start queues a full sync
             if not engine.wait_idle(timeout_s=WAIT_TIMEOUT_S):

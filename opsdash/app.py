@@ -344,15 +344,18 @@ def _first_line(error: BaseException | None) -> str:
     return f"{type(error).__name__}: {text[0] if text else ''}"
 
 
-def run_console(settings: Settings) -> int:
-    """Open the console with its own engine; stop the engine cleanly on quit.
+def run_console(
+    settings: Settings, *, engine_factory: Callable[[Settings], Engine] = Engine
+) -> int:
+    """Open the console with its own engine (built by ``engine_factory``); stop the engine
+    cleanly on quit.
 
     With ``OPSDASH_OPERATOR`` set (the browser console's server sets it for the operator
     who signed in), the console acts as that operator, with the role the ``operators``
     table gives them; an unknown or disabled name does not start (exit code 2).
     Otherwise it is the terminal's console, with full rights.
     """
-    engine = Engine(settings)
+    engine = engine_factory(settings)
     try:
         operator = _operator(settings, engine)
         if operator is None:

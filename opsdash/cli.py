@@ -274,11 +274,13 @@ def _configure_logging() -> None:
 
 def _console(settings: Settings) -> int:
     from opsdash.app import run_console
+    from opsdash.demo import engine_for
 
-    return run_console(settings)
+    return run_console(settings, engine_factory=engine_for)
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    from opsdash.demo import engine_for
     from opsdash.readapi.server import serve
 
     return serve(
@@ -287,10 +289,12 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         port=args.port,
         workers=args.workers,
         with_engine=not args.no_engine,
+        engine_factory=engine_for,
     )
 
 
 def _web(settings: Settings, args: argparse.Namespace) -> int:
+    from opsdash.demo import engine_for
     from opsdash.web.launch import WebConfigError, run_web
 
     try:
@@ -299,6 +303,7 @@ def _web(settings: Settings, args: argparse.Namespace) -> int:
             host=args.web_host,
             port=args.web_port,
             with_engine=not (args.no_engine or args.web_no_engine),
+            engine_factory=engine_for,
         )
     except WebConfigError as error:
         raise CliError(str(error)) from None
@@ -350,9 +355,9 @@ def _running(engine: EngineT) -> Iterator[EngineT]:
 
 
 def _sync(settings: Settings, args: argparse.Namespace) -> int:
-    from opsdash.engine.runtime import Engine
+    from opsdash.demo import engine_for
 
-    with _running(Engine(settings)) as engine:
+    with _running(engine_for(settings)) as engine:
         company_id = None
         if args.company:
             company = engine.company_by_service_id(args.company)
@@ -422,9 +427,9 @@ def _follow_progress(engine: object, since: datetime, stop: threading.Event) -> 
 
 
 def _worker(settings: Settings, args: argparse.Namespace) -> int:
-    from opsdash.engine.runtime import Engine
+    from opsdash.demo import engine_for
 
-    with _running(Engine(settings)) as engine:
+    with _running(engine_for(settings)) as engine:
         stop = _wait_for_signal()  # before the workers start (see _sync)
         engine.start(workers=args.concurrency, scheduler=args.with_scheduler)
         status = engine.status()

@@ -281,12 +281,11 @@ def _error_text(response: httpx.Response) -> str:
 
 
 def check_upstream(settings: Settings, db: Database | None) -> Check:
-    from opsdash.engine.runtime import DEMO_API_KEY
     from opsdash.engine.upstream import MaidCentralClient, RateLimiter, UpstreamError
 
     demo = None
     if settings.starts_demo_upstream:
-        from opsdash.demo.server import DemoUpstream
+        from opsdash.demo.server import DEMO_API_KEY, DemoUpstream
 
         demo = DemoUpstream(companies=settings.demo_companies, api_key=DEMO_API_KEY)
         url, key, label = demo.start(), DEMO_API_KEY, "built-in demo upstream"

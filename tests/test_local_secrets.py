@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from opsdash.config import Settings
 from opsdash.datafolder import read_or_create_secret, secure_existing
-from opsdash.engine.runtime import Engine
+from opsdash.demo import engine_for
 from opsdash.readapi.tokens import InvalidLifetime, mint_token
 
 NOBODY = 65534
@@ -115,7 +115,7 @@ def live_data_folder(shared_base: Path) -> Iterator[Path]:
     """A synced embedded data folder whose database is still open (so -wal and -shm exist)."""
     data_dir = shared_base / "data"
     settings = embedded_settings(data_dir)
-    engine = Engine(settings)
+    engine = engine_for(settings)
     try:
         engine.sync()
         engine.start(scheduler=False)
@@ -179,7 +179,7 @@ def test_a_folder_found_wide_is_made_private_on_start_with_a_warning(
     before = read_as_nobody(*targets(data_dir))
     assert set(before.values()) == {"read"}, before
     with caplog.at_level(logging.WARNING, logger="opsdash.datafolder"):
-        Engine(embedded_settings(data_dir)).stop()
+        engine_for(embedded_settings(data_dir)).stop()
     assert "was readable by other users" in caplog.text
     assert wide_entries(data_dir) == []
     after = read_as_nobody(*targets(data_dir))

@@ -26,6 +26,7 @@ from jwt.algorithms import ECAlgorithm
 
 from opsdash.app import OpsdashApp
 from opsdash.config import ConfigurationError, Mode, Settings, load_settings
+from opsdash.demo import DemoUpstream, engine_for
 from opsdash.engine.runtime import Engine
 from opsdash.readapi.auth import TokenVerifier
 from tests.conftest import PG_ADMIN_DSN, PostgresSchemas, engine_settings
@@ -85,6 +86,22 @@ def test_nothing_set_is_the_embedded_demo(tmp_path: Path) -> None:
     assert settings.effective_blob_backend == "local"
     assert settings.jwt_secret()  # the embedded default's own secret, kept in the data folder
     assert (tmp_path / "data" / "jwt-secret").is_file()
+
+
+def test_the_demo_upstream_is_served_by_whoever_builds_the_engine(tmp_path: Path) -> None:
+    """The engine never imports the demo: an entry point hands it the demo upstream."""
+    settings = Settings(data_dir=tmp_path / "data", demo_companies=1)
+    with pytest.raises(ConfigurationError, match="engine_for"):
+        Engine(settings)
+    engine = engine_for(settings)
+    try:
+        demo = engine.local_upstream
+        assert isinstance(demo, DemoUpstream) and demo.running
+        assert engine.upstream.base_url == demo.url
+        assert engine.upstream_description == f"demo upstream {demo.url}"
+    finally:
+        engine.stop()
+    assert not demo.running
 
 
 # --- any production signal needs the whole set -------------------------------------------------
@@ -248,7 +265,7 @@ def anyio_backend() -> str:
 @pytest.mark.anyio
 async def test_console_header_says_demo_against_postgres(tmp_path: Path, pg_url: str) -> None:
     settings = Settings(data_dir=tmp_path, database_url=pg_url, demo=True, demo_companies=1)
-    engine = Engine(settings)
+    engine = engine_for(settings)
     try:
         app = OpsdashApp(engine, poll_interval_s=0.3)
         async with app.run_test(size=(120, 36)) as pilot:

@@ -30,6 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
 from opsdash.config import Settings
+from opsdash.demo import DemoUpstream
 from opsdash.engine.blobs import LocalBlobStore, SupabaseBlobStore
 from opsdash.engine.db import Database, connect
 from opsdash.engine.models import BackgroundJob, Company, JobStatus, ScheduleData, UserProfile
@@ -61,6 +62,7 @@ class Person:
 class SyncedWorld:
     settings: Settings
     engine: Engine
+    demo: DemoUpstream
     company_a: Company
     company_b: Company
     days: list[date]
@@ -148,7 +150,8 @@ def synced_world(database_url: str, data_dir: Path) -> Iterator[SyncedWorld]:
         poll_interval_s=0.05,
         cors_origins=[PORTAL],
     )
-    engine = Engine(settings)
+    demo = DemoUpstream(companies=settings.demo_companies)
+    engine = Engine(settings, local_upstream=demo)
     engine.sync()
     engine.start(scheduler=False)
     try:
@@ -162,7 +165,7 @@ def synced_world(database_url: str, data_dir: Path) -> Iterator[SyncedWorld]:
                     select(ScheduleData.date).where(ScheduleData.company_id == company_a.id)
                 ).scalars()
             )
-        yield SyncedWorld(settings, engine, company_a, company_b, days)
+        yield SyncedWorld(settings, engine, demo, company_a, company_b, days)
     finally:
         engine.stop()
 
@@ -693,8 +696,7 @@ def test_a_sync_that_changes_the_data_changes_the_etag(api: LiveApi) -> None:
     token = world.token(technician)
     before = api.schedule(day, token)
     old_checksum = world.stored(world.company_a, day).checksum
-    demo = world.engine.demo
-    assert demo is not None
+    demo = world.demo
     demo.faults = demo.faults.updated({"revision": demo.faults.revision + 1})
     world.engine.sync(company_id=world.company_a.id, day=day)
     assert world.engine.wait_idle(timeout_s=30, poll_s=0.05)

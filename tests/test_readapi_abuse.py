@@ -30,8 +30,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sqlalchemy import select
 
 from opsdash.config import Settings
+from opsdash.demo import engine_for
 from opsdash.engine.models import ScheduleData, UserProfile
-from opsdash.engine.runtime import Engine
 from opsdash.readapi.app import SCHEDULE_PATH
 from opsdash.readapi.guards import OpsAccess, resolve_ops_access
 from tests.test_readapi_auth import JwksServer
@@ -131,7 +131,7 @@ def serving(settings_kwargs: dict[str, Any], stderr_path: Path) -> Iterator[tupl
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     data_dir = tmp_path_factory.mktemp("abuse")
     base = {"data_dir": str(data_dir), "demo_companies": 1, "days_ahead": 1, "workers": 1}
-    engine = Engine(Settings(**base, poll_interval_s=0.05))
+    engine = engine_for(Settings(**base, poll_interval_s=0.05))
     engine.sync()
     engine.start(scheduler=False)
     assert engine.wait_idle(timeout_s=60, poll_s=0.05)

@@ -18,9 +18,9 @@ import pytest
 from sqlalchemy import func, select
 
 from opsdash.config import Settings
+from opsdash.demo import engine_for
 from opsdash.engine.db import connect
 from opsdash.engine.models import ScheduleData, UserProfile
-from opsdash.engine.runtime import Engine
 from opsdash.readapi.app import SCHEDULE_PATH
 from opsdash.readapi.server import EXIT_BAD_CONFIGURATION, serve
 from opsdash.readapi.tokens import mint_token
@@ -52,11 +52,12 @@ def serving_process(
         "import sys\n"
         "from pathlib import Path\n"
         "from opsdash.config import Settings\n"
+        "from opsdash.demo import engine_for\n"
         "from opsdash.readapi.server import serve\n"
         f"settings = Settings(data_dir=Path({str(data_dir)!r}), demo_companies=1, days_ahead=1,"
         " workers=1, poll_interval_s=0.05)\n"
         f"sys.exit(serve(settings, host='127.0.0.1', port={port}, workers={workers},"
-        f" with_engine={with_engine}))\n"
+        f" with_engine={with_engine}, engine_factory=engine_for))\n"
     )
     process = subprocess.Popen(
         [sys.executable, "-c", script],
@@ -97,7 +98,7 @@ def stop(process: subprocess.Popen[str], sig: signal.Signals) -> tuple[int, str]
 
 def test_two_workers_serve_count_together_and_stop_on_sigterm(tmp_path: Path) -> None:
     settings = settings_for(tmp_path)
-    engine = Engine(settings)
+    engine = engine_for(settings)
     engine.sync()
     engine.start(scheduler=False)
     assert engine.wait_idle(timeout_s=60, poll_s=0.05)

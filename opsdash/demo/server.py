@@ -32,6 +32,7 @@ from opsdash.demo.data import DemoWorld
 
 FAULT_KINDS: tuple[str, ...] = ("500", "429", "timeout", "malformed", "unsuccessful")
 MAX_RANGE_DAYS = 31
+DEMO_API_KEY = "demo-key"  # the built-in demo upstream's key; it guards nothing real
 
 _SCHEDULE_ENDPOINT = "dr-schedule"
 _USERS_ENDPOINT = "users"
@@ -336,7 +337,7 @@ class DemoUpstream:
         *,
         companies: int = 6,
         seed: int = 0,
-        api_key: str = "demo-key",
+        api_key: str = DEMO_API_KEY,
         faults: FaultSettings | None = None,
         log_requests: bool = False,
     ) -> None:

@@ -1,7 +1,9 @@
 """The Engine: one object that the console, the headless server and the CLI all drive.
 
-It owns the database handle, the blob store, the upstream client (and, in demo
-mode, the demo upstream it starts), the worker pool and the scheduler.
+It owns the database handle, the blob store, the upstream client, the worker pool and
+the scheduler. An upstream served inside this process (the demo's) is handed in by
+whoever builds the engine (``opsdash.demo.engine_for``); the engine starts and stops it
+but never imports it.
 """
 
 from __future__ import annotations
@@ -12,14 +14,14 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy import func, select
 from sqlmodel import col
 
-from opsdash.config import Mode, Settings
+from opsdash.config import ConfigurationError, Mode, Settings
 from opsdash.datafolder import secure_existing
 from opsdash.engine import audit, coordinator, freshness, ledger, queue, retention
 from opsdash.engine.alerting.service import AlertService, StorageHealth
@@ -35,12 +37,19 @@ from opsdash.engine.storage_gate import StorageGate, StorageState
 from opsdash.engine.upstream import MaidCentralClient, RateLimiter
 from opsdash.engine.worker import PoolSettings, WorkerPool
 
-if TYPE_CHECKING:
-    from opsdash.demo.server import DemoUpstream
-
 log = logging.getLogger("opsdash.engine")
 
-DEMO_API_KEY = "demo-key"
+
+class LocalUpstream(Protocol):
+    """An upstream this process serves itself, started and stopped with the engine."""
+
+    api_key: str
+
+    def start(self) -> str:
+        """Start serving; the base URL."""
+        ...
+
+    def stop(self) -> None: ...
 
 
 def open_blob_store(settings: Settings) -> BlobStore:
@@ -91,8 +100,14 @@ class EngineStatus:
 class Engine:
     """Open it, start it, stop it. Safe to use from any thread."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, local_upstream: LocalUpstream | None = None) -> None:
+        if settings.starts_demo_upstream and local_upstream is None:
+            raise ConfigurationError(
+                "demo mode without MAIDCENTRAL_API_URL needs the demo upstream served in this "
+                "process: build the engine with opsdash.demo.engine_for(settings)"
+            )
         self.settings = settings
+        self.local_upstream = local_upstream
         secure_existing(settings.data_dir)
         self.db: Database = connect(
             settings.effective_database_url,
@@ -104,7 +119,6 @@ class Engine:
         except Exception:
             self.db.dispose()
             raise
-        self.demo: DemoUpstream | None = None
         self.storage_gate = StorageGate(self.blobs)
         self._stop_event = threading.Event()
         self.upstream = self._open_upstream()
@@ -127,11 +141,8 @@ class Engine:
 
     def _open_upstream(self) -> MaidCentralClient:
         settings = self.settings
-        if settings.starts_demo_upstream:
-            from opsdash.demo.server import DemoUpstream
-
-            self.demo = DemoUpstream(companies=settings.demo_companies, api_key=DEMO_API_KEY)
-            url, key = self.demo.start(), DEMO_API_KEY
+        if self.local_upstream is not None:
+            url, key = self.local_upstream.start(), self.local_upstream.api_key
             log.info("demo mode: demo upstream serving on %s", url)
         else:
             url, key = settings.maidcentral_api_url or "", settings.maidcentral_api_key or ""
@@ -240,8 +251,8 @@ class Engine:
         if self.auth is not None:
             self.auth.close()
         self.blobs.close()
-        if self.demo is not None:
-            self.demo.stop()
+        if self.local_upstream is not None:
+            self.local_upstream.stop()
         self.db.dispose()
 
     def __enter__(self) -> Engine:

@@ -105,9 +105,10 @@ def serve(
 
     ``workers=None`` means one. ``engine_factory`` builds the engine when
     ``with_engine`` (default: :class:`opsdash.engine.runtime.Engine`, imported
-    only then). ``http`` and ``loop`` are uvicorn's choices; "auto" and
-    "httptools" serve through the guarded httptools protocol, anything else
-    (kept for benchmarks) without its guards.
+    only then; the entry points pass ``opsdash.demo.engine_for``, which also serves
+    the demo upstream when the settings ask for it). ``http`` and ``loop`` are
+    uvicorn's choices; "auto" and "httptools" serve through the guarded httptools
+    protocol, anything else (kept for benchmarks) without its guards.
     """
     worker_count = workers or 1
     try:

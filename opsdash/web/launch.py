@@ -7,7 +7,7 @@ import logging
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -76,15 +76,22 @@ def shared_reads(settings: Settings, db: Database) -> Iterator[dict[str, str]]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def run_web(settings: Settings, *, host: str, port: int, with_engine: bool = True) -> int:
+def run_web(
+    settings: Settings,
+    *,
+    host: str,
+    port: int,
+    with_engine: bool = True,
+    engine_factory: Callable[[Settings], Engine] = Engine,
+) -> int:
     """Serve the consoles; with ``with_engine``, this process also hosts the one engine
-    (workers and scheduler) of this deployment's web console.
+    (workers and scheduler, built by ``engine_factory``) of this deployment's web console.
 
     A browser console runs no workers or scheduler of its own: eight open pages would
     otherwise be eight engines, each claiming jobs and planning the hourly sync, and a
     page closed mid-job would stop a worker.
     """
-    engine = Engine(settings) if with_engine else None
+    engine = engine_factory(settings) if with_engine else None
     db = (
         engine.db
         if engine
