@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from opsdash.config import Settings
 from opsdash.demo.server import DemoUpstream
-from opsdash.engine.blobs import content_path, sha256_hex
+from opsdash.engine.blobs import BlobNotFound, content_path, sha256_hex
 from opsdash.engine.models import BackgroundJob, JobStatus, JobType, ScheduleData
 from opsdash.engine.runtime import Engine
 from tests.conftest import engine_settings, migrated
@@ -217,6 +217,9 @@ def test_another_version_of_the_day_does_not_stand_in_for_the_lost_one(
 
         assert engine.blobs.get(path) == original
         assert rows(engine)[path].storage_path == path
+        # The unpublished version is swept by that sync too: it would otherwise stay forever.
+        with pytest.raises(BlobNotFound):
+            engine.blobs.get(stray)
     finally:
         engine.stop()
 

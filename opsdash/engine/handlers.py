@@ -27,6 +27,7 @@ from opsdash.engine.blobs import (
     InvalidBlobPath,
     content_path,
     first_line,
+    is_schedule_file,
     schedule_path,
     sha256_hex,
 )
@@ -281,7 +282,10 @@ def _sync_window(
         if outcome.ok and outcome.result.get("unchanged") and not outcome.result.get("restored"):
             unchanged.append((job, day))
     _confirm_unchanged(context, company.id, unchanged)
-    return outcomes + _publish(context, changed, stored)
+    outcomes += _publish(context, changed, stored)
+    done = {outcome.job.id for outcome in outcomes if outcome.ok}
+    _sweep_leftovers(context, company, [day for job, day in jobs if job.id in done], present)
+    return outcomes
 
 
 def _why_stopped(context: HandlerContext) -> str:
@@ -365,6 +369,51 @@ def _publish(
             _discard(context, row.storage_path, unless_published=row)
             outcomes.append(Outcome(outcome.job, False, error=LEASE_LOST))
     return outcomes
+
+
+def _sweep_leftovers(
+    context: HandlerContext, company: Company, days: list[date], present: dict[str, int]
+) -> None:
+    """Remove the listed documents of ``days`` that their metadata no longer names.
+
+    A batch cut short (storage down halfway, a crash between writing and publishing) has
+    written versions that nobody publishes; the next sync of the day renders a new
+    ``generatedAt`` and so a new name, and without this sweep they stay forever. Only what
+    the run's listing showed is removed, after the days were published, and never the
+    object the metadata names at this moment: a version written since is left for the
+    next run. Best effort, like ``_discard``.
+    """
+    if not days or not present:
+        return
+    try:
+        current = _stored_metadata(context.db, company.id, days)
+        leftovers = []
+        for day in days:
+            published = current.get(day)
+            if published is None:
+                continue
+            folder = published.storage_path.rsplit("/", 1)[0] + "/"
+            leftovers += [
+                path
+                for path in present
+                if path.startswith(folder)
+                and "/" not in path[len(folder) :]
+                and is_schedule_file(path[len(folder) :])
+                and path != published.storage_path
+            ]
+        if leftovers:
+            removed = context.blobs.delete_many(leftovers)
+            log.info(
+                "%s: removed %d unpublished document version(s)",
+                company.service_company_id,
+                removed,
+            )
+    except Exception as error:
+        log.warning(
+            "%s: could not remove unpublished document versions: %s",
+            company.service_company_id,
+            error,
+        )
 
 
 def _discard(
