@@ -39,7 +39,7 @@ def test_local_store_round_trip_and_listing(tmp_path: Path) -> None:
     store.put(path, b'{"a": 1}')
     store.put(path, b'{"a": 2}')
     assert store.get(path) == b'{"a": 2}'
-    assert [info.path for info in store.list("1001")] == [path]
+    assert [info.path for info in store.list_blobs("1001")] == [path]
     assert list((tmp_path / "blobs").rglob(".tmp-*")) == []
     store.delete(path)
     with pytest.raises(BlobNotFound):

@@ -111,7 +111,7 @@ def test_retention_removes_exactly_the_days_before_each_companys_cutoff(
         for service_id, (_, today) in companies.items()
         for offset in range(-KEEP_DAYS, 3)
     )
-    assert [info.path for info in blobs.list()] == kept_paths
+    assert [info.path for info in blobs.list_blobs()] == kept_paths
     assert (stats.runs, stats.removed_days, stats.skipped) == (1, 20, 0)
     # Nothing left to do: a second run removes nothing.
     again = retention.apply(db, blobs, retention_days=KEEP_DAYS, now=NOW, stats=stats)

@@ -457,14 +457,14 @@ def test_list_finds_every_document_under_a_folder_like_the_local_store(
     # The dashboard leaves placeholders in folders it creates; neither store lists them.
     storage.put_object(BUCKET, "1001/.emptyFolderPlaceholder", b"")
 
-    assert [info.path for info in store.list("1001")] == [
+    assert [info.path for info in store.list_blobs("1001")] == [
         "1001/2026-12-01/schedule.json",
         "1001/2026-12-02/schedule.json",
     ]
     only_day = "1002/2026-12-01/schedule.json"
-    assert store.list("1002") == [BlobInfo(only_day, len(bodies[only_day]))]
+    assert store.list_blobs("1002") == [BlobInfo(only_day, len(bodies[only_day]))]
     for prefix in ["", "1001", "1001/", "1001/2026-12-02", "acme_co-2", "9999"]:
-        assert store.list(prefix) == local.list(prefix), prefix
+        assert store.list_blobs(prefix) == local.list_blobs(prefix), prefix
 
 
 def test_list_pages_through_more_objects_than_one_answer(
@@ -475,9 +475,9 @@ def test_list_pages_through_more_objects_than_one_answer(
         store.put(path, b"{}")
     paging = make_store(list_page_size=2)
     storage.reset_counts()
-    assert [info.path for info in paging.list("1001")] == paths
+    assert [info.path for info in paging.list_blobs("1001")] == paths
     assert storage.count("POST", "object/list-v2") == 3  # 2 + 2 + 1
-    assert [info.path for info in paging.list()] == paths
+    assert [info.path for info in paging.list_blobs()] == paths
 
 
 def test_list_of_a_company_is_one_request_per_1000_objects_with_sizes(
@@ -489,7 +489,7 @@ def test_list_of_a_company_is_one_request_per_1000_objects_with_sizes(
         storage.put_object(BUCKET, path, b"x" * (n % 7))
     storage.put_object(BUCKET, schedule_path("1002", start), b"{}")
     storage.reset_counts()
-    listed = store.list("1001")
+    listed = store.list_blobs("1001")
     # One folder level per request (list v1) would be 1,002 requests; list-v2 pages whole names.
     assert storage.count("POST", "object/list-v2") == 2
     assert storage.count() == 2
@@ -506,8 +506,8 @@ def test_a_company_id_with_an_underscore_lists_its_own_documents_only(
     for target in (store, local):
         for path in [mine, *others]:
             target.put(path, b"{}")
-    assert store.list("acme_1") == local.list("acme_1") == [BlobInfo(mine, 2)]
-    assert [info.path for info in store.list("acmeX1")] == [others[0]]
+    assert store.list_blobs("acme_1") == local.list_blobs("acme_1") == [BlobInfo(mine, 2)]
+    assert [info.path for info in store.list_blobs("acmeX1")] == [others[0]]
 
 
 def test_delete_removes_and_deleting_again_is_harmless(store: SupabaseBlobStore) -> None:
@@ -516,7 +516,7 @@ def test_delete_removes_and_deleting_again_is_harmless(store: SupabaseBlobStore)
     with pytest.raises(BlobNotFound):
         store.get(PATH)
     store.delete(PATH)
-    assert store.list() == []
+    assert store.list_blobs() == []
 
 
 @pytest.mark.parametrize("path", ["../outside.json", "1001/../../x.json", "/1001/x.json", ""])
@@ -546,7 +546,7 @@ OPERATIONS: dict[str, Callable[[SupabaseBlobStore], object]] = {
     "ensure_bucket": lambda store: store.ensure_bucket(),
     "put": lambda store: store.put(PATH, b'{"overwritten": true}'),
     "get": lambda store: store.get(PATH),
-    "list": lambda store: store.list(),
+    "list": lambda store: store.list_blobs(),
     "delete": lambda store: store.delete(PATH),
     "ping": lambda store: store.ping(),
 }
@@ -654,13 +654,13 @@ def test_list_sizes_and_delete_many_match_the_local_store(
     for n, path in enumerate(paths):
         store.put(path, b"{}" * n)
         local.put(path, b"{}" * n)
-    assert store.list("1001") == local.list("1001")
-    assert [info.size for info in store.list("1001")] == [0, 2, 4, 6, 8]
-    assert store.list("9999") == local.list("9999") == []
+    assert store.list_blobs("1001") == local.list_blobs("1001")
+    assert [info.size for info in store.list_blobs("1001")] == [0, 2, 4, 6, 8]
+    assert store.list_blobs("9999") == local.list_blobs("9999") == []
     doomed = [*paths[:3], schedule_path("1001", "2026-11-01")]  # one that is not there
     assert store.delete_many(doomed) == local.delete_many(doomed) == 3
-    assert [info.path for info in store.list()] == [info.path for info in local.list()]
-    assert [info.path for info in store.list()] == paths[3:]
+    assert [info.path for info in store.list_blobs()] == [info.path for info in local.list_blobs()]
+    assert [info.path for info in store.list_blobs()] == paths[3:]
 
 
 def test_content_addressed_documents_are_listed_like_the_fixed_name(
@@ -676,12 +676,12 @@ def test_content_addressed_documents_are_listed_like_the_fixed_name(
         for path, body in ((legacy, b"{}"), (current, b"{}"), (newer, b"{ }"), (stray, b"x")):
             target.put(path, body)
     expected = sorted([legacy, current, newer])
-    assert [info.path for info in store.list("1001")] == expected
-    assert [info.path for info in local.list("1001")] == expected
+    assert [info.path for info in store.list_blobs("1001")] == expected
+    assert [info.path for info in local.list_blobs("1001")] == expected
     # Two documents in one day, each with its own size: which one is published is for
     # schedule_data.storage_path to say.
-    assert store.list("1001") == local.list("1001")
-    assert {info.path: info.size for info in store.list("1001/2026-12-02")} == {
+    assert store.list_blobs("1001") == local.list_blobs("1001")
+    assert {info.path: info.size for info in store.list_blobs("1001/2026-12-02")} == {
         current: 2,
         newer: 3,
     }

@@ -80,7 +80,8 @@ def test_unchanged_day_is_not_rewritten_and_changed_day_is(engine: Engine, demo_
     # Content-addressed: a changed day is a new file; the superseded one is removed.
     for key in changed:
         assert engine.blobs.get(after[key].storage_path)
-    assert {info.path for info in engine.blobs.list()} == {r.storage_path for r in after.values()}
+    stored = {info.path for info in engine.blobs.list_blobs()}
+    assert stored == {r.storage_path for r in after.values()}
 
 
 def test_failing_company_does_not_affect_the_others(engine: Engine, demo_upstream) -> None:
@@ -138,7 +139,7 @@ def test_persistent_fault_fails_with_a_clear_message_and_no_blob(
         "429": "HTTP 429",
     }[fault]
     assert all(expected in job.error_message for job in failed)
-    assert engine.blobs.list(broken) == []
+    assert engine.blobs.list_blobs(broken) == []
     assert len(stored_rows(engine)) == 2 * DAYS
 
 

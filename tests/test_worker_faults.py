@@ -128,7 +128,7 @@ def test_a_worker_stopped_past_its_lease_cannot_overwrite_the_newer_data(
             for path, checksum in published.values():
                 assert hashlib.sha256(engine.blobs.get(path)).hexdigest() == checksum
             # What the stale worker wrote is gone again; only the published files remain.
-            files = {info.path for info in engine.blobs.list()}
+            files = {info.path for info in engine.blobs.list_blobs()}
             assert files == {path for path, _ in published.values()}
             schedule_jobs = [j for j in all_jobs(engine) if j.job_type == "sync_schedule"]
             assert all(j.status == JobStatus.COMPLETED for j in schedule_jobs)
@@ -166,7 +166,7 @@ def test_a_heartbeat_that_finds_the_lease_lost_stops_the_work(
             assert "was taken over; stopping work on it" in caplog.text
             pool.stop()
             assert stored(engine) == {}
-            assert engine.blobs.list() == []
+            assert engine.blobs.list_blobs() == []
             assert arrivals.count == 1
             running = [j for j in all_jobs(engine) if j.status == JobStatus.RUNNING]
             assert len(running) == 7 and {j.locked_by for j in running} == {thief}

@@ -13,7 +13,6 @@ Rows written before this layout point at ``schedule.json``, which stays readable
 
 from __future__ import annotations
 
-import builtins
 import contextlib
 import hashlib
 import os
@@ -31,8 +30,10 @@ from opsdash.datafolder import private_dir
 if TYPE_CHECKING:
     from storage3.exceptions import StorageApiError
 
+# What may become part of a path (docs/contracts.md), checked wherever such a value
+# enters: the upstream's company records, the read API's date parameter, here.
 SERVICE_COMPANY_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")  # ASCII digits only, unlike \d
 CONTENT_TYPE = "application/json"
 CHECKSUM = re.compile(r"[0-9a-f]{64}")
 CONTENT_NAME_DIGITS = 16
@@ -120,7 +121,7 @@ class BlobStore(Protocol):
 
     def delete(self, path: str) -> None: ...
 
-    def list(self, prefix: str = "") -> list[BlobInfo]:
+    def list_blobs(self, prefix: str = "") -> list[BlobInfo]:
         """Every schedule document under the folder ``prefix`` (a company id, or
         ``{company}/{date}``; everything when empty), with its size, sorted by path.
 
@@ -129,7 +130,7 @@ class BlobStore(Protocol):
         """
         ...
 
-    def delete_many(self, paths: builtins.list[str]) -> int:
+    def delete_many(self, paths: list[str]) -> int:
         """Remove many objects in a few requests; returns how many were removed."""
         ...
 
@@ -182,7 +183,7 @@ class LocalBlobStore:
     def delete(self, path: str) -> None:
         self._file(path).unlink(missing_ok=True)
 
-    def list(self, prefix: str = "") -> list[BlobInfo]:
+    def list_blobs(self, prefix: str = "") -> list[BlobInfo]:
         base = self._file(prefix) if prefix else self.root
         if not base.exists():
             return []
@@ -195,7 +196,7 @@ class LocalBlobStore:
             key=lambda info: info.path,
         )
 
-    def delete_many(self, paths: builtins.list[str]) -> int:
+    def delete_many(self, paths: list[str]) -> int:
         removed = 0
         for path in paths:
             target = self._file(path)
@@ -299,7 +300,7 @@ class SupabaseBlobStore:
         if not removed:
             self.ping()  # nothing removed is also what a key without access gets
 
-    def delete_many(self, paths: builtins.list[str]) -> int:
+    def delete_many(self, paths: list[str]) -> int:
         keys = [self._object_key(path) for path in paths]
         removed = 0
         for start in range(0, len(keys), REMOVE_BATCH):
@@ -309,7 +310,7 @@ class SupabaseBlobStore:
             self.ping()  # nothing removed is also what a key without access gets
         return removed
 
-    def list(self, prefix: str = "") -> list[BlobInfo]:
+    def list_blobs(self, prefix: str = "") -> list[BlobInfo]:
         folder = self._object_key(prefix.strip("/")) + "/" if prefix.strip("/") else ""
         found = [
             BlobInfo(entry.name, int((entry.metadata or {}).get("size", 0)))
@@ -331,10 +332,10 @@ class SupabaseBlobStore:
             raise InvalidBlobPath(f"invalid object path {path!r}")
         return path
 
-    def _objects_under(self, prefix: str) -> builtins.list[Any]:
+    def _objects_under(self, prefix: str) -> list[Any]:
         """Every object whose name starts with ``prefix``, with its size: list-v2, whole
         names rather than one folder level, one request per page of at most 1,000."""
-        objects: builtins.list[Any] = []
+        objects: list[Any] = []
         options: dict[str, Any] = {"prefix": prefix, "limit": self._list_page_size}
         while True:
             page = self._call(partial(self._bucket().list_v2, dict(options)))

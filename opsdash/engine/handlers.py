@@ -7,7 +7,6 @@ job and the worker records it through the queue.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -22,6 +21,7 @@ from tzlocal.windows_tz import win_tz
 
 from opsdash.engine import auth_users, coordinator, jobparams, queue
 from opsdash.engine.blobs import (
+    SERVICE_COMPANY_ID,
     BlobStore,
     BlobStoreUnavailable,
     InvalidBlobPath,
@@ -65,7 +65,6 @@ ROLE_PRECEDENCE = (
     ("office", Role.OFFICE),
     ("employee", Role.TECHNICIAN),
 )
-SERVICE_COMPANY_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -265,7 +264,7 @@ def _sync_window(
     # request per day. Storage being down here or below raises BlobStoreUnavailable: the
     # worker releases the batch unspent.
     present = (
-        {info.path: info.size for info in context.blobs.list(company.service_company_id)}
+        {info.path: info.size for info in context.blobs.list_blobs(company.service_company_id)}
         if stored
         else {}
     )

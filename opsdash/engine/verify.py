@@ -73,7 +73,7 @@ def verify(
         by_company[row.service_company_id].append(row)
     for company, company_rows in sorted(by_company.items()):
         report.companies += 1
-        sizes = {info.path: info.size for info in blobs.list(company)}
+        sizes = {info.path: info.size for info in blobs.list_blobs(company)}
         for row in company_rows:
             report.checked += 1
             problem, present = _compare(blobs, row, sizes.get(row.path), deep=deep)

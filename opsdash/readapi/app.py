@@ -23,13 +23,12 @@ from starlette.responses import Response
 import opsdash
 from opsdash.config import Settings
 from opsdash.engine import freshness
-from opsdash.engine.blobs import BlobStore
+from opsdash.engine.blobs import ISO_DATE, BlobStore
 from opsdash.engine.db import Database
 from opsdash.engine.sqltypes import utcnow
 from opsdash.readapi.auth import TokenRejected, TokenVerifier
 from opsdash.readapi.cache import CachePolicy
 from opsdash.readapi.conditional import (
-    ISO_DATE,
     SCHEDULE_PATH,
     etag_matches,
     parse_day,

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from datetime import date
 
+from opsdash.engine.blobs import ISO_DATE
 from opsdash.readapi.errors import BadRequest
 
 SCHEDULE_PATH = "/functions/v1/get-schedule"
 CACHE_CONTROL = "private, max-age=300"
-ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 def parse_day(raw: str) -> date:

@@ -15,8 +15,9 @@ from datetime import date
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from opsdash.engine.blobs import ISO_DATE
 from opsdash.readapi.auth import TokenVerifier
-from opsdash.readapi.conditional import ISO_DATE, SCHEDULE_PATH, etag_matches, view_headers
+from opsdash.readapi.conditional import SCHEDULE_PATH, etag_matches, view_headers
 from opsdash.readapi.responses import JSON
 from opsdash.readapi.service import RenderedView, ScheduleService
 
