@@ -61,6 +61,7 @@ from opsdash.engine.models import (
     JobType,
     ScheduleData,
     UserProfile,
+    table_of,
 )
 from opsdash.engine.queries import JobFilter
 from opsdash.engine.runtime import Engine
@@ -102,11 +103,11 @@ POLL_INTERVAL_S = 1.0  # the console's default
 REFRESHES_PER_SCREEN = 4
 SCREEN_TIMEOUT_S = 60.0
 
-JOBS_TABLE: Table = BackgroundJob.__table__  # type: ignore[attr-defined]
-COMPANIES_TABLE: Table = Company.__table__  # type: ignore[attr-defined]
-STATS_TABLE: Table = JobStat.__table__  # type: ignore[attr-defined]
-SCHEDULES_TABLE: Table = ScheduleData.__table__  # type: ignore[attr-defined]
-PROFILES_TABLE: Table = UserProfile.__table__  # type: ignore[attr-defined]
+JOBS_TABLE = table_of(BackgroundJob)
+COMPANIES_TABLE = table_of(Company)
+STATS_TABLE = table_of(JobStat)
+SCHEDULES_TABLE = table_of(ScheduleData)
+PROFILES_TABLE = table_of(UserProfile)
 
 
 # --- seeding ------------------------------------------------------------------------------
