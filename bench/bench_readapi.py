@@ -107,6 +107,7 @@ def prepare(data_dir: Path, database_url: str | None) -> Fixture:
     settings = Settings(
         data_dir=data_dir,
         database_url=database_url,
+        demo=database_url is not None,  # the demo world in a database of the benchmark's own
         demo_companies=6,
         days_ahead=14,
         workers=2,
@@ -204,7 +205,8 @@ def start_server(
         "from pathlib import Path\n"
         "from opsdash.config import Settings\n"
         "from opsdash.readapi.server import serve\n"
-        f"settings = Settings(data_dir=Path({str(data_dir)!r}), database_url={database_url!r})\n"
+        f"settings = Settings(data_dir=Path({str(data_dir)!r}), database_url={database_url!r},"
+        f" demo={database_url is not None})\n"
         f"sys.exit(serve(settings, host='127.0.0.1', port={port}, workers={args.workers},"
         f" with_engine=False, http={args.http!r}, loop={args.loop!r}))\n"
     )
