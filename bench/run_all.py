@@ -270,6 +270,9 @@ def _job_rows(company_ids: list[uuid.UUID], days: int) -> list[dict]:
     return rows
 
 
+ANCHOR_PARAMETERS = 32_000
+
+
 def bench_enqueue(urls: dict[str, Callable[[int], str]], companies: int, runs: int) -> dict:
     figures = {}
     for name, new_url in urls.items():
@@ -289,7 +292,11 @@ def bench_enqueue(urls: dict[str, Callable[[int], str]], companies: int, runs: i
             rows = _job_rows(ids, 7)
             started = time.perf_counter()
             with db.write() as conn:
-                conn.execute(insert(BackgroundJob).values(rows))  # one statement, 7,001 rows
+                # Multi-row INSERTs of as many rows as a statement's bind parameters allow
+                # (SQLite 32,766; Postgres 65,535): 3 statements for 7,001 rows.
+                per_statement = ANCHOR_PARAMETERS // len(rows[0])
+                for first in range(0, len(rows), per_statement):
+                    conn.execute(insert(BackgroundJob).values(rows[first : first + per_statement]))
             anchor.append((time.perf_counter() - started) * 1000)
             db.dispose()
         figures[name] = {"enqueue": Spread(enqueue), "anchor": Spread(anchor)}
@@ -300,10 +307,11 @@ def enqueue_section(figures: dict, companies: int) -> list[str]:
     lines = [
         f"## Enqueue one sync run: {companies:,} companies = {companies * 7 + 1:,} jobs",
         "",
-        "The anchor is one multi-row `INSERT` of the same number of job rows (no dedup, no",
+        "The anchor is multi-row `INSERT`s of the same job rows, as few as the bind-parameter",
+        "limit allows (no dedup, no",
         "planning), timed the same way.",
         "",
-        "| backend | enqueue ms | one multi-row INSERT ms | ratio |",
+        "| backend | enqueue ms | multi-row INSERTs ms | ratio |",
         "| --- | ---: | ---: | ---: |",
     ]
     for name, figure in figures.items():
