@@ -245,6 +245,7 @@ def _job_rows(company_ids: list[uuid.UUID], days: int) -> list[dict]:
         {
             "id": uuid.uuid4(),
             "job_type": "sync_users",
+            "company_id": None,
             "params": {},
             "dedup_key": "sync_users",
             "status": "pending",
@@ -286,7 +287,10 @@ def bench_enqueue(urls: dict[str, Callable[[int], str]], companies: int, runs: i
             assert planned.queued == companies * 7 + 1, planned
             enqueue.append(planned.took_ms)
             with db.read() as conn:
-                ids = [row[0] for row in conn.exec_driver_sql("SELECT id FROM companies")]
+                ids = [
+                    uuid.UUID(str(row[0]))  # SQLite hands the ids back as text
+                    for row in conn.exec_driver_sql("SELECT id FROM companies")
+                ]
             with db.write() as conn:
                 conn.execute(delete(BackgroundJob))
             rows = _job_rows(ids, 7)
