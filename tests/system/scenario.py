@@ -69,17 +69,17 @@ def fill(disk: Path) -> Path:
     """Write a file until the disk is full; deleting it gives the space back."""
     filler = disk / "filler"
     chunk = b"\0" * 65536
-    with filler.open("wb") as out:
+    # Unbuffered: a buffered file keeps what a short write left over and raises ENOSPC
+    # again when it is closed.
+    with filler.open("wb", buffering=0) as out:
         try:
             while True:
                 out.write(chunk)
-                out.flush()
         except OSError as error:
             assert error.errno == errno.ENOSPC, error
-    with contextlib.suppress(OSError), (disk / "filler-tail").open("wb") as tail:
+    with contextlib.suppress(OSError), (disk / "filler-tail").open("wb", buffering=0) as tail:
         while True:  # the last few bytes too
             tail.write(b"\0" * 512)
-            tail.flush()
     return filler
 
 
