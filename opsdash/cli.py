@@ -270,6 +270,15 @@ def _configure_logging() -> None:
     # Alembic lists its autogenerate plugins and dialect each time the schema version is
     # read (every start); the migrations it runs are still logged.
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    logging.getLogger("alembic.runtime.migration").addFilter(_only_migrations_run)
+
+
+def _only_migrations_run(record: logging.LogRecord) -> bool:
+    """Alembic's "Context impl …" and "Will assume … DDL" lines, said at every start, say
+    nothing an operator can use; its "Running upgrade …" lines and warnings stay."""
+    return record.levelno > logging.INFO or not record.getMessage().startswith(
+        ("Context impl", "Will assume")
+    )
 
 
 def _console(settings: Settings) -> int:

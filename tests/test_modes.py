@@ -79,6 +79,8 @@ def test_nothing_set_is_the_embedded_demo(tmp_path: Path) -> None:
     result = opsdash("sync", "--wait", env=env)
     assert result.returncode == 0, result.stderr
     assert "mode DEMO; configuration: no config file" in result.stderr
+    assert "Running upgrade  -> 0001" in result.stderr  # the first start migrates, and says so
+    assert "Context impl" not in result.stderr and "Will assume" not in result.stderr
     assert "done: 2 completed" in result.stdout
     assert (tmp_path / "data" / "opsdash.db").is_file()
     settings = Settings(data_dir=tmp_path / "data")
