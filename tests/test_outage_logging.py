@@ -181,6 +181,8 @@ def test_an_outage_logs_a_bounded_number_of_lines(proxied, lines) -> None:
         # The workers keep polling meanwhile; wait for many failed claims.
         wait_until(lambda: pool._outages._failing.get("claim", None) is not None)
         wait_until(lambda: pool._outages._failing["claim"].failures >= 30)
+        # The scheduled rescue (every lease / 2) fails too: one line, no traceback.
+        wait_until(lambda: engine._scheduled_outages.is_failing("rescue expired leases"))
 
         read_api = messages(lines, "opsdash.readapi")
         jobs = messages(lines, "opsdash.jobs")
@@ -188,17 +190,28 @@ def test_an_outage_logs_a_bounded_number_of_lines(proxied, lines) -> None:
         assert any(line.startswith("database unreachable") for line in read_api)
         # One line, naming the kind of trouble (describe_error), not just the exception type.
         assert len(jobs) == 1 and jobs[0].startswith("claims failing: database unreachable: "), jobs
+        rescues = [line for line in messages(lines, "opsdash.engine") if "rescue" in line]
+        assert len(rescues) == 1, rescues
+        assert rescues[0].startswith("rescue expired leases skipped"), rescues
 
         proxy.restore()
         wait_until(
             lambda: client.get("/readyz").status_code == 200,
         )
         wait_until(lambda: any("claim recovered" in line for line in messages(lines, "opsdash")))
+        wait_until(
+            lambda: any(
+                line.startswith("rescue expired leases recovered after")
+                for line in messages(lines, "opsdash.engine")
+            )
+        )
         assert any(
             line.startswith("database recovered after")
             for line in messages(lines, "opsdash.readapi")
         )
         total = len(messages(lines, "opsdash"))
-        assert total <= 6, messages(lines, "opsdash")
+        assert total <= 8, messages(lines, "opsdash")
+        tracebacks = [record for record in lines.records if record.exc_info]
+        assert not tracebacks, [record.getMessage() for record in tracebacks]
         engine.sync()  # and the engine works again
         assert engine.wait_idle(timeout_s=60)

@@ -12,12 +12,14 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Protocol
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import func, select
 from sqlmodel import col
 
@@ -27,7 +29,7 @@ from opsdash.engine import audit, coordinator, freshness, ledger, queue, retenti
 from opsdash.engine.alerting.service import AlertService, StorageHealth
 from opsdash.engine.auth_users import AuthAdmin
 from opsdash.engine.blobs import BlobStore, LocalBlobStore, SupabaseBlobStore
-from opsdash.engine.db import Database, DbTimeouts, connect
+from opsdash.engine.db import TRANSIENT_ERRORS, Database, DbTimeouts, connect, describe_error
 from opsdash.engine.freshness import CompanyFreshness
 from opsdash.engine.handlers import HandlerContext
 from opsdash.engine.models import ACTIVE_STATUSES, BackgroundJob, Company
@@ -36,6 +38,7 @@ from opsdash.engine.sqltypes import utcnow
 from opsdash.engine.storage_gate import StorageGate, StorageState
 from opsdash.engine.upstream import MaidCentralClient, RateLimiter
 from opsdash.engine.worker import PoolSettings, WorkerPool
+from opsdash.statelog import StateChangeLog
 
 log = logging.getLogger("opsdash.engine")
 
@@ -136,6 +139,7 @@ class Engine:
         self.pool: WorkerPool | None = None
         self.scheduler: BackgroundScheduler | None = None
         self.last_sync_at: datetime | None = None
+        self._scheduled_outages = StateChangeLog(log)
         self.alerts = AlertService(self.db, settings, storage_health=self.storage_health)
         ensure_schema(self.db)
 
@@ -182,52 +186,69 @@ class Engine:
     def _start_scheduler(self, *, coordinate: bool) -> BackgroundScheduler:
         """Rescue runs wherever workers run; the sync cron and pruning only when coordinating."""
         scheduler = BackgroundScheduler(timezone="UTC")
-        common = {"coalesce": True, "max_instances": 1, "misfire_grace_time": 300}
-        scheduler.add_job(
+
+        def add(task: Callable[[], object], job_id: str, name: str, trigger: object) -> None:
+            scheduler.add_job(
+                self._while_reachable(task, name),
+                trigger,
+                id=job_id,
+                name=name,
+                coalesce=True,
+                max_instances=1,
+                misfire_grace_time=300,
+            )
+
+        def every(seconds: float) -> IntervalTrigger:
+            return IntervalTrigger(seconds=seconds, timezone="UTC")
+
+        add(
             self.rescue,
-            "interval",
-            seconds=max(0.5, self.settings.lease_s / 2),
-            id="rescue",
-            name="rescue expired leases",
-            **common,
+            "rescue",
+            "rescue expired leases",
+            every(max(0.5, self.settings.lease_s / 2)),
         )
-        scheduler.add_job(
+        add(
             self.check_storage,
-            "interval",
-            seconds=self.settings.storage_check_interval_s,
-            id="storage-check",
-            name="check storage is reachable and private",
-            **common,
+            "storage-check",
+            "check storage is reachable and private",
+            every(self.settings.storage_check_interval_s),
         )
         if coordinate:
-            scheduler.add_job(
-                self._scheduled_sync,
-                CronTrigger.from_crontab(self.settings.sync_cron, timezone="UTC"),
-                id="sync",
-                name="hourly sync run",
-                **common,
-            )
-            scheduler.add_job(
-                self.prune, "interval", hours=1, id="prune", name="prune old jobs", **common
-            )
-            scheduler.add_job(
+            cron = CronTrigger.from_crontab(self.settings.sync_cron, timezone="UTC")
+            add(self._scheduled_sync, "sync", "hourly sync run", cron)
+            add(self.prune, "prune", "prune old jobs", every(3600))
+            add(
                 self.apply_retention,
-                "interval",
-                hours=1,
-                id="retention",
-                name="remove schedule days past retention",
-                **common,
+                "retention",
+                "remove schedule days past retention",
+                every(3600),
             )
-            scheduler.add_job(
+            add(
                 self.watch,
-                "interval",
-                seconds=self.settings.alert_interval_s,
-                id="watch",
-                name="close finished runs, evaluate and send alerts",
-                **common,
+                "watch",
+                "close finished runs, evaluate and send alerts",
+                every(self.settings.alert_interval_s),
             )
         scheduler.start()
         return scheduler
+
+    def _while_reachable(self, task: Callable[[], object], name: str) -> Callable[[], None]:
+        """``task`` as a scheduled job. While the database cannot be reached, its failures are
+        logged as an outage (one line when it starts, a summary a minute, one when it ends)
+        instead of APScheduler's traceback at every tick. Any other error is a bug and keeps
+        its traceback."""
+
+        def run() -> None:
+            try:
+                task()
+            except TRANSIENT_ERRORS as error:
+                self._scheduled_outages.failed(
+                    name, "%s skipped, the database: %s", name, describe_error(error)
+                )
+                return
+            self._scheduled_outages.succeeded(name)
+
+        return run
 
     def _is_first_run(self) -> bool:
         with self.db.read() as conn:
