@@ -23,11 +23,15 @@ def test_each_run_is_recorded_and_closed_with_its_figures(engine: Engine) -> Non
     assert (oldest.id, newest.id) == (first.run_id, second.run_id)
     assert oldest.trigger == newest.trigger == "operator"
     assert oldest.scope == "all companies"
-    assert (oldest.planned, oldest.queued) == (1, 1)
-    assert oldest.upstream_calls == 1  # the users job; the schedule jobs it queued are its own run
-
+    assert (oldest.planned, oldest.queued) == (1, 1)  # only the users job was known to plan
     companies = count_rows(engine.db, "companies")
     days = companies * engine.settings.days_ahead
+    # The days the users job queued for the companies it found are the first run's work.
+    assert oldest.companies == companies
+    assert oldest.days_done == days and oldest.days_failed == 0 and oldest.days_unchanged == 0
+    assert oldest.bytes_written > 0
+    assert oldest.upstream_calls == companies + 1
+
     assert newest.finished_at is not None and newest.took is not None
     assert (newest.planned, newest.queued) == (days + 1, days + 1)
     assert newest.companies == companies

@@ -43,6 +43,11 @@ def local_days(timezone: str | None, now: datetime, days_ahead: int) -> list[dat
     return [today + timedelta(days=offset) for offset in range(days_ahead)]
 
 
+def in_run(jobs: Sequence[queue.NewJob], run_id: str) -> list[queue.NewJob]:
+    """``jobs`` tagged with a run's id (``params.run``), so the ledger can sum them up later."""
+    return [dataclasses.replace(job, params={**job.params, "run": run_id}) for job in jobs]
+
+
 def schedule_jobs_for(
     companies: Sequence[Company | SyncTarget], *, now: datetime, days_ahead: int, max_attempts: int
 ) -> list[queue.NewJob]:
@@ -115,9 +120,8 @@ def plan_and_enqueue(
         )
     if include_users:
         jobs.insert(0, queue.users_job(max_attempts=max_attempts))
-    # The run's id travels in each job's params, so the ledger can sum them up later.
     run_id = uuid.uuid4()
-    jobs = [dataclasses.replace(job, params={**job.params, "run": str(run_id)}) for job in jobs]
+    jobs = in_run(jobs, str(run_id))
     queued = queue.enqueue(db, jobs, now=now)
     if expedite and queued < len(jobs):
         queue.expedite(db, [job.dedup_key for job in jobs], now=now)

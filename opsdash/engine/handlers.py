@@ -668,7 +668,8 @@ def sync_users(context: HandlerContext, job: BackgroundJob) -> Outcome:
     context.patiently(store, "storing the users directory")
     if summary.new_companies:
         summary.queued = context.patiently(
-            lambda: _queue_new_companies(context, summary.new_companies), "queueing new companies"
+            lambda: _queue_new_companies(context, summary.new_companies, job),
+            "queueing new companies",
         )
     return Outcome(job, True, summary.__dict__)
 
@@ -719,7 +720,7 @@ def _sync_users_with_auth(
             kept=result.kept,
         )
     if summary.new_companies:
-        summary.queued = _queue_new_companies(context, summary.new_companies)
+        summary.queued = _queue_new_companies(context, summary.new_companies, job)
     if result.aborted:
         return Outcome(job, False, error=f"{result.aborted}; {result.failed} users not in step")
     return Outcome(job, True, {**summary.__dict__, "auth_users": result.summary()})
@@ -950,8 +951,11 @@ def _unlink_moved_profiles(conn: Connection, rows: list[dict[str, Any]]) -> None
         conn.execute(delete(PROFILES).where(PROFILES.c.id.in_(chunk)))
 
 
-def _queue_new_companies(context: HandlerContext, service_ids: list[str]) -> int:
-    """Companies seen for the first time get their schedule jobs at once."""
+def _queue_new_companies(
+    context: HandlerContext, service_ids: list[str], users_job: BackgroundJob
+) -> int:
+    """Companies seen for the first time get their schedule jobs at once, in the run of the
+    users job that found them (the first run of a new deployment syncs every day this way)."""
     with context.db.session() as session:
         companies = [
             company
@@ -963,6 +967,9 @@ def _queue_new_companies(context: HandlerContext, service_ids: list[str]) -> int
     jobs = coordinator.schedule_jobs_for(
         companies, now=utcnow(), days_ahead=context.days_ahead, max_attempts=context.max_attempts
     )
+    run = (users_job.params or {}).get("run")
+    if isinstance(run, str):
+        jobs = coordinator.in_run(jobs, run)
     queued = queue.enqueue(context.db, jobs)
     if queued:
         context.on_enqueued()
