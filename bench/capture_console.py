@@ -36,6 +36,7 @@ from opsdash.screens.base import LiveScreen
 from opsdash.screens.companies import CompaniesScreen
 from opsdash.screens.company_detail import CompanyDetailScreen
 from opsdash.screens.confirm import ConfirmScreen
+from opsdash.screens.history import HistoryScreen
 from opsdash.screens.jobs import JobsScreen
 from opsdash.screens.log import LogScreen
 from opsdash.screens.preview import PreviewScreen
@@ -56,6 +57,7 @@ PREVIEW_CARDS = "Technician preview (job cards)"
 PREVIEW_JSON = "Technician preview (raw JSON)"
 TOGGLES = "Feature-toggle editor"
 LOG = "Log"
+HISTORY = "History (sync runs)"
 # The sections of the document, in order, at each size.
 SECTIONS: dict[tuple[int, int], tuple[str, ...]] = {
     WIDE: (
@@ -67,6 +69,7 @@ SECTIONS: dict[tuple[int, int], tuple[str, ...]] = {
         PREVIEW_JSON,
         TOGGLES,
         LOG,
+        HISTORY,
     ),
     NARROW: (JOBS_IN_FLIGHT, COMPANIES, PREVIEW_CARDS, TOGGLES),
 }
@@ -195,6 +198,9 @@ async def capture_screens(pilot: Pilot[None], engine: Engine) -> Captures:
     await pilot.press("escape", "4")
     await shown(pilot, LogScreen)
     captures[LOG] = screen_text(app)
+    await pilot.press("5")
+    await shown(pilot, HistoryScreen)
+    captures[HISTORY] = screen_text(app)
     await pilot.press("1")
     await shown(pilot, JobsScreen)
     await pilot.press("R")
