@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -82,17 +83,52 @@ def sync_and_wait(engine: Engine, **narrow) -> None:
 # --- a lost object comes back by itself -------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", ["local", "supabase"])
-def test_an_object_deleted_behind_the_engines_back_is_restored_by_the_next_sync(
+@dataclass
+class Synced:
+    """An engine that has synced every demo company into storage (local or the stand-in)."""
+
+    engine: Engine
+    settings: Settings
+    storage: SupabaseStorageStandIn
+    backend: str
+
+    def put_behind_its_back(self, path: str, body: bytes | None) -> None:
+        """Replace the object at ``path`` with ``body``, or with ``None`` delete it, without
+        going through the engine."""
+        if self.backend == "supabase":
+            if body is None:
+                self.storage.buckets[BUCKET].objects.pop(path)
+            else:
+                self.storage.put_object(BUCKET, path, body)
+        elif body is None:
+            (self.settings.blob_root / path).unlink()
+        else:
+            (self.settings.blob_root / path).write_bytes(body)
+
+    def resync_company_of(self, path: str) -> dict[str, BackgroundJob]:
+        """Sync the company that ``path`` belongs to; its new jobs by date."""
+        before = {job.id for job in jobs(self.engine)}
+        company = self.engine.company_by_service_id(path.split("/")[0])
+        assert company is not None
+        sync_and_wait(self.engine, company_id=company.id)
+        return {
+            job.params["date"]: job
+            for job in jobs(self.engine)
+            if job.id not in before and job.job_type == JobType.SYNC_SCHEDULE
+        }
+
+
+@pytest.fixture(params=["local", "supabase"])
+def synced(
+    request: pytest.FixtureRequest,
     db_url: str,
     tmp_path: Path,
     demo_upstream: DemoUpstream,
     storage: SupabaseStorageStandIn,
     project: SupabaseAuthStandIn,
-    backend: str,
-) -> None:
+) -> Iterator[Synced]:
     db_url = migrated(db_url)
-    if backend == "supabase":
+    if request.param == "supabase":
         settings = supabase_settings(db_url, tmp_path, demo_upstream, project)
     else:
         settings = engine_settings(db_url, tmp_path / "data", demo_upstream.url)
@@ -100,128 +136,60 @@ def test_an_object_deleted_behind_the_engines_back_is_restored_by_the_next_sync(
     try:
         engine.start(scheduler=False)
         sync_and_wait(engine)
-        stored = rows(engine)
-        lost, other = sorted(stored)[:2]
-        original = engine.blobs.get(lost)
-        if backend == "supabase":
-            storage.buckets[BUCKET].objects.pop(lost)
-        else:
-            (settings.blob_root / lost).unlink()
-        before = {job.id for job in jobs(engine)}
-
-        company = engine.company_by_service_id(lost.split("/")[0])
-        assert company is not None
-        sync_and_wait(engine, company_id=company.id)
-
-        assert engine.blobs.get(lost) == original  # the same bytes, so the same checksum
-        assert rows(engine)[lost].checksum == stored[lost].checksum
-        new_jobs = [job for job in jobs(engine) if job.id not in before]
-        results = {job.params["date"]: job.result or {} for job in new_jobs}
-        lost_day = lost.split("/")[1]
-        assert results[lost_day].get("restored") is True
-        others = [result for day, result in results.items() if day != lost_day]
-        assert others and all(result.get("unchanged") for result in others)
-        assert engine.blobs.get(other) == engine.blobs.get(other)  # untouched, still there
-        assert {job.status for job in new_jobs} == {JobStatus.COMPLETED}
+        yield Synced(engine, settings, storage, request.param)
     finally:
         engine.stop()
 
 
-ALTERATIONS: dict[str, Callable[[bytes], bytes]] = {
+TAMPERINGS: dict[str, Callable[[bytes], bytes | None]] = {
+    "deleted": lambda original: None,
     "replaced with other bytes": lambda original: b'{"jobs": [], "written": "by someone else"}',
     "truncated": lambda original: original[: len(original) // 2],
 }
 
 
-@pytest.mark.parametrize("alter", ALTERATIONS.values(), ids=ALTERATIONS.keys())
-@pytest.mark.parametrize("backend", ["local", "supabase"])
-def test_an_object_altered_behind_the_engines_back_is_rewritten_by_the_next_sync(
-    db_url: str,
-    tmp_path: Path,
-    demo_upstream: DemoUpstream,
-    storage: SupabaseStorageStandIn,
-    project: SupabaseAuthStandIn,
-    backend: str,
-    alter: Callable[[bytes], bytes],
+@pytest.mark.parametrize("tamper", TAMPERINGS.values(), ids=TAMPERINGS.keys())
+def test_an_object_lost_or_altered_behind_the_engines_back_is_restored_by_the_next_sync(
+    synced: Synced, tamper: Callable[[bytes], bytes | None]
 ) -> None:
-    db_url = migrated(db_url)
-    if backend == "supabase":
-        settings = supabase_settings(db_url, tmp_path, demo_upstream, project)
-    else:
-        settings = engine_settings(db_url, tmp_path / "data", demo_upstream.url)
-    engine = Engine(settings)
-    try:
-        engine.start(scheduler=False)
-        sync_and_wait(engine)
-        stored = rows(engine)
-        path = sorted(stored)[0]
-        original = engine.blobs.get(path)
-        altered = alter(original)
-        assert len(altered) != len(original)
-        if backend == "supabase":
-            storage.put_object(BUCKET, path, altered)
-        else:
-            (settings.blob_root / path).write_bytes(altered)
-        assert engine.blobs.get(path) == altered
-        before = {job.id for job in jobs(engine)}
+    engine = synced.engine
+    stored = rows(engine)
+    path, other = sorted(stored)[:2]
+    original, other_before = engine.blobs.get(path), engine.blobs.get(other)
+    synced.put_behind_its_back(path, tamper(original))
 
-        company = engine.company_by_service_id(path.split("/")[0])
-        assert company is not None
-        sync_and_wait(engine, company_id=company.id)
+    new_jobs = synced.resync_company_of(path)
 
-        assert engine.blobs.get(path) == original
-        assert rows(engine)[path].checksum == stored[path].checksum
-        new_jobs = [job for job in jobs(engine) if job.id not in before]
-        results = {job.params["date"]: job.result or {} for job in new_jobs}
-        altered_day = path.split("/")[1]
-        assert results[altered_day].get("restored") is True
-        others = [result for day, result in results.items() if day != altered_day]
-        assert others and all(result.get("unchanged") for result in others)
-        assert not any(result.get("restored") for result in others)
-        assert {job.status for job in new_jobs} == {JobStatus.COMPLETED}
-    finally:
-        engine.stop()
+    assert engine.blobs.get(path) == original  # the same bytes, so the same checksum
+    assert rows(engine)[path].checksum == stored[path].checksum
+    assert engine.blobs.get(other) == other_before
+    day = path.split("/")[1]
+    assert (new_jobs[day].result or {}).get("restored") is True
+    others = [job.result or {} for date, job in new_jobs.items() if date != day]
+    assert others and all(result.get("unchanged") for result in others)
+    assert not any(result.get("restored") for result in others)
+    assert {job.status for job in new_jobs.values()} == {JobStatus.COMPLETED}
 
 
-@pytest.mark.parametrize("backend", ["local", "supabase"])
-def test_another_version_of_the_day_does_not_stand_in_for_the_lost_one(
-    db_url: str,
-    tmp_path: Path,
-    demo_upstream: DemoUpstream,
-    storage: SupabaseStorageStandIn,
-    project: SupabaseAuthStandIn,
-    backend: str,
-) -> None:
-    db_url = migrated(db_url)
-    if backend == "supabase":
-        settings = supabase_settings(db_url, tmp_path, demo_upstream, project)
-    else:
-        settings = engine_settings(db_url, tmp_path / "data", demo_upstream.url)
-    engine = Engine(settings)
-    try:
-        engine.start(scheduler=False)
-        sync_and_wait(engine)
-        path = sorted(rows(engine))[0]
-        original = engine.blobs.get(path)
-        company_id, day, _ = path.split("/")
-        # A late writer's version of the day, of the very same size, and the published one gone.
-        stray_body = original.upper()
-        stray = content_path(company_id, day, sha256_hex(stray_body))
-        assert len(stray_body) == len(original) and stray != path
-        engine.blobs.put(stray, stray_body)
-        engine.blobs.delete(path)
+def test_another_version_of_the_day_does_not_stand_in_for_the_lost_one(synced: Synced) -> None:
+    engine = synced.engine
+    path = sorted(rows(engine))[0]
+    original = engine.blobs.get(path)
+    company_id, day, _ = path.split("/")
+    # A late writer's version of the day, of the very same size, and the published one gone.
+    stray_body = original.upper()
+    stray = content_path(company_id, day, sha256_hex(stray_body))
+    assert len(stray_body) == len(original) and stray != path
+    engine.blobs.put(stray, stray_body)
+    engine.blobs.delete(path)
 
-        company = engine.company_by_service_id(company_id)
-        assert company is not None
-        sync_and_wait(engine, company_id=company.id)
+    synced.resync_company_of(path)
 
-        assert engine.blobs.get(path) == original
-        assert rows(engine)[path].storage_path == path
-        # The unpublished version is swept by that sync too: it would otherwise stay forever.
-        with pytest.raises(BlobNotFound):
-            engine.blobs.get(stray)
-    finally:
-        engine.stop()
+    assert engine.blobs.get(path) == original
+    assert rows(engine)[path].storage_path == path
+    # The unpublished version is swept by that sync too: it would otherwise stay forever.
+    with pytest.raises(BlobNotFound):
+        engine.blobs.get(stray)
 
 
 def test_a_sync_lists_each_company_once_and_an_unchanged_one_writes_nothing(
