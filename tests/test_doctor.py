@@ -27,9 +27,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
 from opsdash.demo.server import DemoUpstream
-from opsdash.engine.db import connect, create_schema
+from opsdash.engine.db import connect
 from opsdash.engine.schema import revisions, upgrade
-from tests.conftest import PostgresSchemas
+from tests.conftest import PostgresSchemas, migrated
 from tests.supabase_storage_server import SupabaseStorageStandIn
 
 pytestmark = pytest.mark.postgres
@@ -203,9 +203,7 @@ def test_a_healthy_production_setup_passes_every_check(
     project: Project,
     demo_upstream: DemoUpstream,
 ) -> None:
-    db = connect(pg_url)
-    create_schema(db)
-    db.dispose()
+    migrated(pg_url)
     storage.create_bucket(BUCKET, public=False)
     project.auth.users = [{"id": "7d8e6b52-5f0e-4c1e-9a43-1d2b8a3f4c55", "aud": "authenticated"}]
     project.auth.jwks = signing_keys()
@@ -267,9 +265,7 @@ def test_a_public_bucket_and_a_secret_only_project(
     project: Project,
     demo_upstream: DemoUpstream,
 ) -> None:
-    db = connect(pg_url)
-    create_schema(db)
-    db.dispose()
+    migrated(pg_url)
     storage.create_bucket(BUCKET, public=True)
     env = production_env(tmp_path, pg_url, project, storage.service_role_key, demo_upstream)
     env["SUPABASE_JWT_SECRET"] = JWT_SECRET  # a legacy project: HS256 only, an empty JWKS
@@ -326,10 +322,10 @@ def test_an_older_schema_says_to_run_migrate(
     assert f"at revision {older}, older than {head}" in rows["database schema"]
     assert "run `opsdash migrate`" in rows["database schema"]
 
-    migrated = subprocess.run(
+    migration = subprocess.run(
         [sys.executable, "-m", "opsdash", "migrate"], env=env, capture_output=True, text=True
     )
-    assert migrated.returncode == 0, migrated.stderr
+    assert migration.returncode == 0, migration.stderr
     status, rows = doctor(env)
     assert status == 0, "\n".join(rows.values())
     assert f"at revision {head} (current)" in rows["database schema"]

@@ -279,6 +279,16 @@ async def first_screen(websocket: aiohttp.ClientWebSocketResponse) -> int:
     return received
 
 
+async def environments_of_one_console(web: WebServer, token: str) -> list[dict[str, str]]:
+    """Open one console, let it draw, and read the environment of every console process."""
+    async with aiohttp.ClientSession() as session:
+        websocket = await open_console(session, web, token, Origin=web.url)
+        await first_screen(websocket)
+        seen = web.consoles()
+        await websocket.close()
+        return seen
+
+
 def test_a_websocket_without_a_session_or_from_another_site_is_refused(web: WebServer) -> None:
     token = cookie_for(web)
 
@@ -299,17 +309,7 @@ def test_each_console_runs_as_its_signed_in_operator(database_url: str, tmp_path
     settings = {"OPSDASH_OPERATOR": "mallory", "OPSDASH_CONSOLE": "terminal"}
     with running_web(database_url, tmp_path, environment=settings) as web:
         web.add_operator("alice", PASSWORD)
-        token = cookie_for(web)
-
-        async def run() -> list[dict[str, str]]:
-            async with aiohttp.ClientSession() as session:
-                websocket = await open_console(session, web, token, Origin=web.url)
-                await first_screen(websocket)
-                seen = web.consoles()
-                await websocket.close()
-                return seen
-
-        consoles = asyncio.run(run())
+        consoles = asyncio.run(environments_of_one_console(web, cookie_for(web)))
         assert len(consoles) == 1
         assert consoles[0]["OPSDASH_OPERATOR"] == "alice"
         assert consoles[0]["OPSDASH_CONSOLE"] == "web"
@@ -332,17 +332,7 @@ def test_consoles_inherit_the_demo_and_config_chosen_on_the_command_line(
         args=["--demo", "--config", str(config)],
     ) as web:
         web.add_operator("alice", PASSWORD)
-        token = cookie_for(web)
-
-        async def run() -> list[dict[str, str]]:
-            async with aiohttp.ClientSession() as session:
-                websocket = await open_console(session, web, token, Origin=web.url)
-                await first_screen(websocket)
-                seen = web.consoles()
-                await websocket.close()
-                return seen
-
-        consoles = asyncio.run(run())
+        consoles = asyncio.run(environments_of_one_console(web, cookie_for(web)))
         assert len(consoles) == 1
         assert consoles[0]["OPSDASH_DEMO"] == "1"
         assert consoles[0]["OPSDASH_CONFIG"] == str(config)
