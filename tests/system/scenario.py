@@ -41,6 +41,19 @@ def running_pids(system: System) -> dict[int, list[str]]:
     return held
 
 
+def wait_for_a_busy_worker(system: System, workers: list[Proc]) -> tuple[Proc, list[str]]:
+    """Wait until one of ``workers`` holds running jobs; that worker and the jobs' ids."""
+    pids = {worker.pid for worker in workers}
+    held = wait_until(
+        lambda: {pid: ids for pid, ids in running_pids(system).items() if pid in pids},
+        what="a worker process holding running jobs",
+        timeout_s=60,
+        seen=system.job_counts,
+    )
+    busy = next(worker for worker in workers if worker.pid in held)
+    return busy, held[busy.pid]
+
+
 def blob_bytes(system: System) -> dict[str, bytes]:
     root = system.data_dir / "blobs"
     return {path: (root / path).read_bytes() for path in system.checksums()}

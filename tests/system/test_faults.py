@@ -27,6 +27,7 @@ from tests.system.scenario import (
     free,
     outage,
     running_pids,
+    wait_for_a_busy_worker,
 )
 from tests.waiting import wait_until
 
@@ -65,15 +66,7 @@ def test_2_sigkill_a_worker_mid_job_twice(system: System) -> None:
     system.queue_sync()
     killed = 0
     for _ in range(2):
-        held = wait_until(
-            lambda: {
-                p: ids for p, ids in running_pids(system).items() if p in {w.pid for w in workers}
-            },
-            what="a worker process holding running jobs",
-            timeout_s=60,
-            seen=system.job_counts,
-        )
-        victim = next(w for w in workers if w.pid in held)
+        victim, _ = wait_for_a_busy_worker(system, workers)
         victim.signal(signal.SIGKILL)
         victim.popen.wait(timeout=30)
         killed += 1
@@ -102,17 +95,8 @@ def test_3_sigstop_past_the_lease_then_sigcont(system: System) -> None:
     load = system.start_load()
     system.faults(latency_ms=5000, revision=1)  # the paused worker is mid-call, revision 1
     system.queue_sync()
-    held = wait_until(
-        lambda: {
-            p: ids for p, ids in running_pids(system).items() if p in {w.pid for w in workers}
-        },
-        what="a worker process holding running jobs",
-        timeout_s=60,
-        seen=system.job_counts,
-    )
-    victim = next(w for w in workers if w.pid in held)
+    victim, stopped_jobs = wait_for_a_busy_worker(system, workers)
     victim.signal(signal.SIGSTOP)
-    stopped_jobs = held[victim.pid]
     system.faults(latency_ms=0, revision=2)  # the rescuer fetches newer content
 
     def rescued_and_done() -> bool:
