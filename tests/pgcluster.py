@@ -37,6 +37,32 @@ PG_BIN = Path(os.environ.get("OPSDASH_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"
 RUN_AS = "postgres"
 
 
+def freeze_server(postmaster: int) -> list[int]:
+    """SIGSTOP a Postgres server: the postmaster first and, once it is seen stopped (it can
+    fork no new backend then), every process it started. Returns the pids, to thaw.
+
+    Listing the children first let a backend forked meanwhile escape: it answered queries
+    all through a "frozen" database."""
+    os.kill(postmaster, signal.SIGSTOP)
+    deadline = time.monotonic() + 10
+    while _process_state(postmaster) not in {"T", "t"}:
+        assert time.monotonic() < deadline, "the postmaster did not stop"
+        time.sleep(0.001)
+    children = [
+        int(pid)
+        for pid in Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split()
+    ]
+    for pid in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGSTOP)
+    return [postmaster, *children]
+
+
+def _process_state(pid: int) -> str:
+    """The state letter of /proc/PID/stat ("T": stopped by a signal)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
 def available() -> bool:
     """initdb is installed and there is a ``postgres`` user to run the server as."""
     try:
@@ -141,18 +167,9 @@ class PgCluster:
     def postmaster_pid(self) -> int:
         return int((self.data / "postmaster.pid").read_text().splitlines()[0])
 
-    def _server_pids(self) -> list[int]:
-        """The postmaster and every process it started (backends, WAL writer, …)."""
-        parent = self.postmaster_pid
-        children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
-        return [parent, *(int(pid) for pid in children)]
-
     def freeze(self) -> None:
         """SIGSTOP every server process: connections stay open and nothing answers."""
-        self._frozen = self._server_pids()
-        for pid in self._frozen:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGSTOP)
+        self._frozen = freeze_server(self.postmaster_pid)
 
     def thaw(self) -> None:
         for pid in getattr(self, "_frozen", []):

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import psycopg
 
+from tests.pgcluster import freeze_server
 from tests.waiting import wait_until
 
 PG_BIN = Path(os.environ.get("OPSDASH_PG_BIN", "/usr/lib/postgresql/15/bin"))
@@ -101,25 +102,13 @@ class OwnPostgres:
 
     # --- freezing: every process of the cluster stopped, sockets left open ----------
 
-    def processes(self) -> list[int]:
-        postmaster = int((self.data / "postmaster.pid").read_text().splitlines()[0])
-        children = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                stat = (entry / "stat").read_text()
-                parent = int(stat.rsplit(")", 1)[1].split()[1])
-                if parent == postmaster:
-                    children.append(int(entry.name))
-        return [postmaster, *children]
+    @property
+    def postmaster_pid(self) -> int:
+        return int((self.data / "postmaster.pid").read_text().splitlines()[0])
 
     def freeze(self) -> None:
         """SIGSTOP the postmaster and its children: connections hang, nothing is refused."""
-        self.frozen = self.processes()
-        for pid in self.frozen:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGSTOP)
+        self.frozen = freeze_server(self.postmaster_pid)
 
     def thaw(self) -> None:
         for pid in self.frozen:
