@@ -460,18 +460,11 @@ def _verify(settings: Settings, args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from opsdash.engine import queries
-    from opsdash.engine.db import DbTimeouts, connect
     from opsdash.engine.runtime import open_blob_store
-    from opsdash.engine.schema import ensure_schema
+    from opsdash.engine.schema import ready_database
     from opsdash.engine.verify import queue_repairs, verify
 
-    db = connect(
-        settings.effective_database_url,
-        pooler=settings.db_pooler,
-        timeouts=DbTimeouts.of(settings),
-    )
-    try:
-        ensure_schema(db)
+    with ready_database(settings) as db:
         blobs = open_blob_store(settings)
         try:
             if args.company and queries.company_id_of(db, args.company) is None:
@@ -505,8 +498,6 @@ def _verify(settings: Settings, args: argparse.Namespace) -> int:
                 )
         finally:
             blobs.close()
-    finally:
-        db.dispose()
     return 0 if report.ok else 1
 
 
@@ -522,33 +513,25 @@ def _doctor(settings: Settings, args: argparse.Namespace) -> int:
 
 def _token(settings: Settings, args: argparse.Namespace) -> int:
     from opsdash.datafolder import secure_existing
-    from opsdash.engine.db import DbTimeouts, connect
-    from opsdash.engine.schema import ensure_schema
+    from opsdash.engine.schema import ready_database
     from opsdash.readapi.tokens import TokenError, mint_token
 
     secure_existing(settings.data_dir)
-    db = connect(
-        settings.effective_database_url,
-        pooler=settings.db_pooler,
-        timeouts=DbTimeouts.of(settings),
-    )
-    try:
-        ensure_schema(db)
-        print(mint_token(settings, db, args.email, args.ttl))
-    except TokenError as error:
-        raise CliError(str(error)) from None
-    finally:
-        db.dispose()
+    with ready_database(settings) as db:
+        try:
+            print(mint_token(settings, db, args.email, args.ttl))
+        except TokenError as error:
+            raise CliError(str(error)) from None
     return 0
 
 
 def _migrate(settings: Settings, _args: argparse.Namespace) -> int:
-    from opsdash.engine.db import MIGRATION_STATEMENT_S, DbTimeouts, connect
+    from opsdash.engine.db import MIGRATION_STATEMENT_S, DbTimeouts, connect_with
     from opsdash.engine.schema import schema_status, upgrade
 
     # A migration may rewrite a whole table: the usual statement limit would cancel it.
     timeouts = replace(DbTimeouts.of(settings), statement_s=MIGRATION_STATEMENT_S)
-    db = connect(settings.effective_database_url, pooler=settings.db_pooler, timeouts=timeouts)
+    db = connect_with(settings, timeouts=timeouts)
     try:
         before, head = schema_status(db)
         upgrade(db)

@@ -10,11 +10,9 @@ from __future__ import annotations
 import argparse
 import getpass
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from opsdash.config import Settings
-from opsdash.engine.db import Database, DbTimeouts, connect
+from opsdash.engine.db import Database
 from opsdash.engine.operators import (
     InvalidOperator,
     UnknownOperator,
@@ -23,7 +21,7 @@ from opsdash.engine.operators import (
     remove_operator,
     set_disabled,
 )
-from opsdash.engine.schema import ensure_schema
+from opsdash.engine.schema import ready_database
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
     try:
-        with _database(settings) as db:
+        with ready_database(settings) as db:
             if args.operators_command == "add":
                 password = read_password(args.name)
                 add_operator(db, args.name, password, read_only=args.read_only)
@@ -82,20 +80,6 @@ def read_password(name: str) -> str:
 def _message(error: Exception) -> str:
     # LookupError's str() quotes its argument; say the sentence as it is.
     return error.args[0] if error.args else str(error)
-
-
-@contextmanager
-def _database(settings: Settings) -> Iterator[Database]:
-    db = connect(
-        settings.effective_database_url,
-        pooler=settings.db_pooler,
-        timeouts=DbTimeouts.of(settings),
-    )
-    try:
-        ensure_schema(db)
-        yield db
-    finally:
-        db.dispose()
 
 
 def _print_list(db: Database) -> None:

@@ -336,6 +336,16 @@ def connect(
     return Database(engine, pooled=pooled)
 
 
+def connect_with(settings: Any, *, timeouts: DbTimeouts | None = None) -> Database:
+    """The database ``settings`` name, with their pooler mode and, unless ``timeouts`` are
+    given, their time limits."""
+    return connect(
+        settings.effective_database_url,
+        pooler=settings.db_pooler,
+        timeouts=timeouts or DbTimeouts.of(settings),
+    )
+
+
 def behind_transaction_pooler(url: URL, pooler: PoolerMode = "auto") -> bool:
     """Whether ``url`` reaches Postgres through a transaction-mode pooler.
 

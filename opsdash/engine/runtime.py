@@ -29,7 +29,7 @@ from opsdash.engine import audit, coordinator, freshness, ledger, queue, retenti
 from opsdash.engine.alerting.service import AlertService, StorageHealth
 from opsdash.engine.auth_users import AuthAdmin
 from opsdash.engine.blobs import BlobStore, LocalBlobStore, SupabaseBlobStore
-from opsdash.engine.db import TRANSIENT_ERRORS, Database, DbTimeouts, connect, describe_error
+from opsdash.engine.db import TRANSIENT_ERRORS, Database, connect_with, describe_error
 from opsdash.engine.freshness import CompanyFreshness
 from opsdash.engine.handlers import HandlerContext
 from opsdash.engine.models import ACTIVE_STATUSES, BackgroundJob, Company
@@ -112,11 +112,7 @@ class Engine:
         self.settings = settings
         self.local_upstream = local_upstream
         secure_existing(settings.data_dir)
-        self.db: Database = connect(
-            settings.effective_database_url,
-            pooler=settings.db_pooler,
-            timeouts=DbTimeouts.of(settings),
-        )
+        self.db: Database = connect_with(settings)
         try:
             self.blobs: BlobStore = open_blob_store(settings)
         except Exception:

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, text
 
-from opsdash.engine.db import Database, SchemaOutdated
+from opsdash.engine.db import Database, SchemaOutdated, connect_with
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -29,6 +31,7 @@ __all__ = [
     "SchemaOutdated",
     "ensure_schema",
     "head_revision",
+    "ready_database",
     "render_sql",
     "revisions",
     "schema_status",
@@ -128,6 +131,18 @@ def ensure_schema(db: Database) -> None:
         )
         return
     raise SchemaOutdated(current, head)
+
+
+@contextmanager
+def ready_database(settings: Any) -> Iterator[Database]:
+    """The database ``settings`` name, its schema checked (SQLite: migrated), for one
+    command; disposed afterwards."""
+    db = connect_with(settings)
+    try:
+        ensure_schema(db)
+        yield db
+    finally:
+        db.dispose()
 
 
 def render_sql(start: str | None, end: str) -> str:

@@ -40,7 +40,7 @@ from uvicorn.supervisors.multiprocess import Multiprocess
 from opsdash.config import Mode, Settings
 from opsdash.datafolder import secure_existing
 from opsdash.engine.blobs import BlobStore, BlobStoreUnavailable
-from opsdash.engine.db import DbTimeouts, connect
+from opsdash.engine.db import DbTimeouts, connect_with
 from opsdash.engine.schema import SchemaOutdated, ensure_schema
 from opsdash.readapi.app import ROUTES, create_app
 from opsdash.readapi.auth import TokenVerifier
@@ -174,11 +174,7 @@ def _check_configuration(settings: Settings) -> None:
     except (OSError, ValueError) as error:
         raise ConfigurationError(f"token verification is not configured: {error}") from None
     try:
-        db = connect(
-            settings.effective_database_url,
-            pooler=settings.db_pooler,
-            timeouts=read_api_timeouts(settings),
-        )
+        db = connect_with(settings, timeouts=read_api_timeouts(settings))
     except (SQLAlchemyError, ValueError) as error:
         raise ConfigurationError(f"bad database URL: {error}") from None
     try:
@@ -269,11 +265,7 @@ def build_app(
     settings: Settings, metrics_dir: Path | None = None, ops_access: OpsAccess | None = None
 ) -> FastAPI:
     """The application one serving process runs, owning its database handle."""
-    db = connect(
-        settings.effective_database_url,
-        pooler=settings.db_pooler,
-        timeouts=read_api_timeouts(settings),
-    )
+    db = connect_with(settings, timeouts=read_api_timeouts(settings))
     metrics = RequestMetrics(ROUTES, shared_dir=metrics_dir)
     blobs = open_blob_store(settings)
     app = create_app(

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from opsdash.config import Settings
 from opsdash.engine import operators
-from opsdash.engine.db import Database, DbTimeouts, connect
+from opsdash.engine.db import Database, connect_with
 from opsdash.engine.runtime import Engine
 from opsdash.engine.schema import ensure_schema
 from opsdash.engine.sqltypes import utcnow
@@ -92,15 +92,7 @@ def run_web(
     page closed mid-job would stop a worker.
     """
     engine = engine_factory(settings) if with_engine else None
-    db = (
-        engine.db
-        if engine
-        else connect(
-            settings.effective_database_url,
-            pooler=settings.db_pooler,
-            timeouts=DbTimeouts.of(settings),
-        )
-    )
+    db = engine.db if engine else connect_with(settings)
     try:
         if engine is not None:
             engine.start()
