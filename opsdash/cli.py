@@ -267,6 +267,10 @@ def _configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    # A periodic task still running at its next tick is skipped by design (one instance at a
+    # time); while the database hangs that was a warning per task every few seconds, on top
+    # of the outage's own lines. A task's errors are still logged (apscheduler.executors).
+    logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
     # Alembic lists its autogenerate plugins and dialect each time the schema version is
     # read (every start); the migrations it runs are still logged.
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
