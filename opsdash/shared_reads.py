@@ -88,6 +88,7 @@ READS: dict[str, Read] = {
     "company_storage": lambda c: queries.company_storage(c.db, now=c.now),
     "company_toggles": lambda c, company_id: queries.company_toggles(c.db, company_id),
     "stored_days": lambda c, company_id: queries.stored_days(c.db, company_id),
+    "technicians": lambda c, company_id: queries.technicians(c.db, company_id),
     "run_history": lambda c: ledger.history(c.db),
     "recent_alerts": lambda c, limit: outbox.recent(c.db, limit=limit),
     "recent_actions": lambda c, limit: audit.recent(c.db, limit=limit),
@@ -167,6 +168,9 @@ class ConsoleReads:
 
     def stored_days(self, company_id: uuid.UUID) -> list[queries.StoredDay]:
         return cast(list[queries.StoredDay], self.reader.read("stored_days", company_id=company_id))
+
+    def technicians(self, company_id: uuid.UUID) -> list[queries.Person]:
+        return cast(list[queries.Person], self.reader.read("technicians", company_id=company_id))
 
     def run_history(self) -> list[ledger.RunSummary]:
         return cast(list[ledger.RunSummary], self.reader.read("run_history"))

@@ -24,6 +24,7 @@ from opsdash.engine.models import BackgroundJob, Company, JobStatus, JobType
 from opsdash.engine.queries import JobFilter
 from opsdash.engine.runtime import Engine
 from opsdash.engine.sqltypes import utcnow
+from opsdash.screens.preview import PreviewScreen
 from opsdash.screens.widgets.live_table import LiveTable
 from opsdash.shared_reads import (
     READS,
@@ -141,6 +142,7 @@ def every_read(acme: Company, job: BackgroundJob) -> dict[str, dict[str, Any]]:
         "company_storage": {},
         "company_toggles": {"company_id": acme.id},
         "stored_days": {"company_id": acme.id},
+        "technicians": {"company_id": acme.id},
         "run_history": {},
         "recent_alerts": {"limit": 10},
         "recent_actions": {"limit": 10},
@@ -309,6 +311,36 @@ async def test_a_console_reading_through_the_server_shows_the_jobs(
             await settle_until(pilot, lambda: jobs.refreshes >= 3)
             assert server.asked["jobs_page"] >= 3
             assert set(server.run.values()) == {1}, server.summary()
+    finally:
+        reader.close()
+        server.stop()
+
+
+@pytest.mark.anyio
+async def test_the_technician_preview_reads_through_the_server(
+    engine: Engine, socket_dir: Path
+) -> None:
+    engine.start(scheduler=False)
+    engine.sync()
+    assert engine.wait_idle(timeout_s=60)
+    server = SharedReadServer(
+        engine.db, engine.settings, socket_dir / "reads.sock", interval_s=3600, clock=utcnow
+    )
+    server.start()
+    reader = SharedReader(server.socket_path)
+    try:
+        app = OpsdashApp(engine, reads=ConsoleReads(reader), poll_interval_s=0.3)
+        async with app.run_test(size=(120, 36)) as pilot:
+            await pilot.press("3")
+            await settle_until(pilot, lambda: isinstance(app.screen, PreviewScreen))
+            preview = app.screen
+            assert isinstance(preview, PreviewScreen)
+            await settle_until(pilot, lambda: preview.refreshes >= 3)
+            assert preview._result is not None, preview._problem
+            # Every query of the preview's refresh went through the server, and ran once.
+            for name in ("company_choices", "stored_days", "technicians", "company_toggles"):
+                assert server.asked[name] >= 3, server.summary()
+                assert server.run[name] == 1, server.summary()
     finally:
         reader.close()
         server.stop()

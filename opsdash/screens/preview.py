@@ -109,9 +109,9 @@ class PreviewScreen(LiveScreen):
 
     def fetch_for(self, request: PreviewRequest) -> Message:
         """Read the preview of ``request`` (runs in a worker thread: no widgets here)."""
-        engine = self.console.engine
-        today = self.console.now().date()
-        return load_preview(engine.db, engine.blobs, request, today, self.day_cache)
+        console = self.console
+        today = console.now().date()
+        return load_preview(console.reads, console.engine.blobs, request, today, self.day_cache)
 
     # --- showing it (UI thread) ---------------------------------------------------------
 

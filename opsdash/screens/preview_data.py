@@ -5,7 +5,8 @@ immutable :class:`PreviewRequest` captured on the UI thread (never the screen's 
 attributes, which the operator changes meanwhile). A stored day is read from storage
 and parsed once per checksum (:class:`DayCache`): a 2,500-job day is 6.8 MB of JSON,
 and re-reading it on every refresh is what froze the console. The technician's view of
-a day is cached the same way, so an unchanged day costs the refresh two small queries.
+a day is cached the same way, so an unchanged day costs the refresh four small queries
+(shared between browser consoles, through :class:`~opsdash.shared_reads.ConsoleReads`).
 """
 
 from __future__ import annotations
@@ -20,12 +21,11 @@ from typing import Any, Generic, TypeVar
 
 import orjson
 
-from opsdash.engine import queries
 from opsdash.engine.blobs import BlobNotFound, BlobStore
-from opsdash.engine.db import Database
 from opsdash.engine.queries import Person, StoredDay
 from opsdash.privacy import schedule_view
 from opsdash.screens.messages import PreviewChoices, PreviewLoaded, PreviewResult
+from opsdash.shared_reads import ConsoleReads
 
 DAYS_KEPT = 4
 VIEWS_KEPT = 16
@@ -184,18 +184,19 @@ def technician_preview(
 
 
 def load_preview(
-    db: Database, blobs: BlobStore, request: PreviewRequest, today: date, cache: DayCache
+    reads: ConsoleReads, blobs: BlobStore, request: PreviewRequest, today: date, cache: DayCache
 ) -> PreviewLoaded:
-    """Everything the preview shows for ``request`` (runs in a worker thread)."""
-    companies = queries.company_choices(db)
+    """Everything the preview shows for ``request`` (runs in a worker thread). Its queries
+    go through the console's reads, which browser consoles share."""
+    companies = reads.company_choices()
     company_id = request.company_id
     if company_id not in {company.id for company in companies}:
         company_id = companies[0].id if companies else None
     if company_id is None:
         return PreviewLoaded(PreviewChoices(companies), None, "No companies yet.")
-    days = queries.stored_days(db, company_id)
+    days = reads.stored_days(company_id)
     day = request.day if request.day in {d.date for d in days} else default_day(days, today)
-    people = queries.technicians(db, company_id)
+    people = reads.technicians(company_id)
     stored = next((d for d in days if d.date == day), None)
     parsed: ParsedDay | None = None
     problem = None
@@ -222,6 +223,6 @@ def load_preview(
         return PreviewLoaded(choices, None, problem)
     if person is None:
         return PreviewLoaded(choices, None, "This company has no technicians.")
-    toggles = queries.company_toggles(db, company_id)
+    toggles = reads.company_toggles(company_id)
     effective = toggles.effective if toggles else {}
     return PreviewLoaded(choices, cache.view(parsed, person, effective, company_id))
