@@ -313,6 +313,10 @@ def test_each_console_runs_as_its_signed_in_operator(database_url: str, tmp_path
         assert len(consoles) == 1
         assert consoles[0]["OPSDASH_OPERATOR"] == "alice"
         assert consoles[0]["OPSDASH_CONSOLE"] == "web"
+        # The demo upstream is served once, by the web process; a console only points at it.
+        [hosted] = re.findall(r"demo upstream serving on (\S+)", web.log())
+        assert consoles[0]["MAIDCENTRAL_API_URL"] == hosted
+        assert consoles[0]["OPSDASH_DEMO"] == "1"
         # Its screens read through the server's one refresh.
         assert Path(consoles[0]["OPSDASH_SHARED_READS_SOCKET"]).is_socket()
         wait_until(lambda: web.consoles() == [], what="the console process to exit")

@@ -76,6 +76,21 @@ def shared_reads(settings: Settings, db: Database) -> Iterator[dict[str, str]]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def hosted_upstream_environment(engine: Engine | None) -> dict[str, str]:
+    """Where this process serves the demo upstream, for its browser consoles.
+
+    Each console is a process of its own; told nothing, in the embedded mode each would
+    start a demo upstream of its own that it never calls (its engine runs no workers).
+    """
+    if engine is None or engine.local_upstream is None:
+        return {}
+    return {
+        "OPSDASH_DEMO": "1",
+        "MAIDCENTRAL_API_URL": engine.upstream.base_url,
+        "MAIDCENTRAL_API_KEY": engine.local_upstream.api_key,
+    }
+
+
 def run_web(
     settings: Settings,
     *,
@@ -102,7 +117,12 @@ def run_web(
                 verify=lambda name, password: operators.verify_operator(db, name, password),
                 lookup=lambda name: operators.find_operator(db, name),
                 options=options_from(
-                    settings, {**mode_environment(settings), **console_environment}
+                    settings,
+                    {
+                        **mode_environment(settings),
+                        **hosted_upstream_environment(engine),
+                        **console_environment,
+                    },
                 ),
                 host=host,
                 port=port,
