@@ -33,6 +33,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from tests.waiting import wait_until
+
 PG_BIN = Path(os.environ.get("OPSDASH_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
 RUN_AS = "postgres"
 
@@ -44,10 +46,12 @@ def freeze_server(postmaster: int) -> list[int]:
     Listing the children first let a backend forked meanwhile escape: it answered queries
     all through a "frozen" database."""
     os.kill(postmaster, signal.SIGSTOP)
-    deadline = time.monotonic() + 10
-    while _process_state(postmaster) not in {"T", "t"}:
-        assert time.monotonic() < deadline, "the postmaster did not stop"
-        time.sleep(0.001)
+    wait_until(
+        lambda: _process_state(postmaster) in {"T", "t"},
+        what="the postmaster to stop",
+        timeout_s=10,
+        poll_s=0.001,
+    )
     children = [
         int(pid)
         for pid in Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split()
