@@ -23,6 +23,7 @@ from opsdash.readapi.server import read_api_timeouts
 from tests.conftest import migrated
 from tests.pgcluster import PgCluster, available
 from tests.test_readapi_server import free_port
+from tests.waiting import answers_ok, wait_until
 
 pytestmark = [
     pytest.mark.slow,
@@ -176,16 +177,12 @@ def test_readyz_answers_503_within_seconds_while_the_database_is_frozen(
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert server.poll() is None, (tmp_path / "serve.log").read_text()
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server never became ready"
-            time.sleep(0.1)
+        wait_until(
+            lambda: answers_ok(f"{base}/readyz", timeout_s=1) or server.poll() is not None,
+            what="the server to become ready",
+            timeout_s=90,
+        )
+        assert server.poll() is None, (tmp_path / "serve.log").read_text()
         with pg_cluster.frozen():
             for _ in range(3):
                 started = time.monotonic()

@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import httpx
 import jwt
 import psycopg
 import pytest
@@ -32,6 +31,7 @@ from opsdash.readapi.auth import TokenVerifier
 from tests.conftest import PG_ADMIN_DSN, PostgresSchemas, engine_settings
 from tests.test_console_actions import text_of, wait_for
 from tests.test_readapi_server import free_port
+from tests.waiting import answers_ok, wait_until
 
 PRODUCTION = {
     "DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/test",
@@ -247,15 +247,7 @@ def test_serve_in_demo_against_postgres_says_demo(tmp_path: Path, pg_url: str) -
 
 
 def wait_until_serving(url: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"{url} never answered")
+    wait_until(lambda: answers_ok(url, timeout_s=1), what=f"{url} to answer", timeout_s=timeout_s)
 
 
 @pytest.fixture

@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
+import httpx
+
 if TYPE_CHECKING:
     from textual.app import App
     from textual.pilot import Pilot
@@ -53,6 +55,14 @@ def _message(what: str, timeout_s: float, seen: Callable[[], object] | None) -> 
         except Exception as error:  # the description must never hide the timeout
             message += f"; (describing the state failed: {error!r})"
     return message
+
+
+def answers_ok(url: str, timeout_s: float = 2.0) -> bool:
+    """Whether ``url`` answers 200 now; a refused, reset or silent connection is a no."""
+    try:
+        return httpx.get(url, timeout=timeout_s).status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 def wait_until(

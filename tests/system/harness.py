@@ -35,7 +35,7 @@ from opsdash.engine import coordinator
 from opsdash.engine.db import Database, connect, create_schema
 from opsdash.readapi.tokens import mint_token
 from tests.system.cluster import free_port
-from tests.waiting import wait_until
+from tests.waiting import answers_ok, wait_until
 
 API_KEY = "system-key"
 SCHEDULE_PATH = "/functions/v1/get-schedule"
@@ -253,7 +253,7 @@ class System:
             proc = self.spawn("upstream", "demo-upstream", *args, *fault_args)
         self.upstream_url = f"http://127.0.0.1:{port}"
         wait_until(
-            lambda: self._answers(f"{self.upstream_url}/_demo/stats") or not proc.alive(),
+            lambda: answers_ok(f"{self.upstream_url}/_demo/stats") or not proc.alive(),
             what="the demo upstream to listen",
             timeout_s=60,
             seen=proc.log_tail,
@@ -286,7 +286,7 @@ class System:
         )
         self.api_url = f"http://127.0.0.1:{port}"
         wait_until(
-            lambda: self._answers(f"{self.api_url}/healthz") or not proc.alive(),
+            lambda: answers_ok(f"{self.api_url}/healthz") or not proc.alive(),
             what="opsdash --serve to answer",
             timeout_s=90,
             seen=proc.log_tail,
@@ -303,13 +303,6 @@ class System:
             text=True,
             timeout=timeout_s,
         )
-
-    @staticmethod
-    def _answers(url: str) -> bool:
-        try:
-            return httpx.get(url, timeout=2).status_code == 200
-        except httpx.TransportError:
-            return False
 
     def faults(self, **changes: Any) -> dict[str, Any]:
         reply = httpx.post(f"{self.upstream_url}/_demo/faults", json=changes, timeout=10)
