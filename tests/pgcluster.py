@@ -52,14 +52,15 @@ def freeze_server(postmaster: int) -> list[int]:
         timeout_s=10,
         poll_s=0.001,
     )
-    children = [
-        int(pid)
-        for pid in Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split()
-    ]
+    children = _children(postmaster)
     for pid in children:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGSTOP)
     return [postmaster, *children]
+
+
+def _children(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
 def _process_state(pid: int) -> str:
@@ -150,6 +151,30 @@ class PgCluster:
         as in a crash; the next start runs crash recovery."""
         self.thaw()
         self.stop("immediate")
+
+    def kill(self) -> None:
+        """SIGKILL the postmaster and every process it started, stopped ones included: a
+        crash in which nothing gets to write what it still held."""
+        postmaster = self.postmaster_pid
+        processes = [postmaster, *_children(postmaster)]
+        for pid in processes:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        wait_until(
+            lambda: not any(Path(f"/proc/{pid}").exists() for pid in processes),
+            what="the killed server processes to be gone",
+            timeout_s=30,
+        )
+        self._frozen = []
+
+    def server_process(self, kind: str) -> int:
+        """The pid of one of the server's own processes, e.g. ``walwriter``."""
+        title = f"postgres: {kind}".encode()
+        for pid in _children(self.postmaster_pid):
+            with contextlib.suppress(OSError):
+                if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(title):
+                    return pid
+        raise LookupError(f"no {kind} process")
 
     def destroy(self) -> None:
         with contextlib.suppress(Exception):

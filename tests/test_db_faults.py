@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -19,8 +20,9 @@ from opsdash.demo.server import DemoUpstream
 from opsdash.engine import queue
 from opsdash.engine.db import DbTimeouts, connect, create_schema
 from opsdash.engine.models import Company, JobStatus
+from opsdash.engine.runtime import Engine
 from opsdash.readapi.server import read_api_timeouts
-from tests.conftest import migrated
+from tests.conftest import engine_settings, migrated
 from tests.pgcluster import PgCluster, available
 from tests.test_readapi_server import free_port
 from tests.waiting import answers_ok, wait_until
@@ -100,6 +102,44 @@ def test_what_sync_reported_as_queued_and_claimed_survives_a_server_crash(
             assert running == len(claimed)
         finally:
             db.dispose()
+
+
+def test_a_superseded_version_is_deleted_only_once_its_replacement_is_durable(
+    tmp_path: Path,
+) -> None:
+    # A server that acknowledges a commit before its WAL is written (synchronous_commit off)
+    # and whose WAL writer is stopped: a crash loses every commit since. The engine deletes
+    # a day's previous version right after publishing the new one, so that publish must be
+    # on disk first, whatever the server's default, or the crash brings back metadata that
+    # names the deleted version.
+    with PgCluster.create(synchronous_commit="off") as cluster:
+        migrated(cluster.url)
+        with DemoUpstream(companies=1, api_key="test-key") as upstream:
+            engine = Engine(engine_settings(cluster.url, tmp_path / "data", upstream.url))
+            try:
+                engine.start(scheduler=False)
+                engine.sync()
+                assert engine.wait_idle(timeout_s=60)
+                cluster.execute("CHECKPOINT")  # the first versions are on disk
+                first = stored_paths(cluster)
+                os.kill(cluster.server_process("walwriter"), signal.SIGSTOP)
+                upstream.faults = upstream.faults.updated({"revision": 1})
+                engine.sync()
+                assert engine.wait_idle(timeout_s=60)
+            finally:
+                engine.stop()
+        cluster.kill()
+        cluster.start()
+
+        paths = stored_paths(cluster)
+        assert len(paths) == 7 and set(paths).isdisjoint(first), "the new versions were lost"
+        blobs = tmp_path / "data" / "blobs"
+        missing = [path for path in paths if not (blobs / path).is_file()]
+        assert missing == [], "metadata names versions that were deleted"
+
+
+def stored_paths(cluster: PgCluster) -> list[str]:
+    return [row[0] for row in cluster.execute("SELECT storage_path FROM schedule_data")]
 
 
 def test_a_frozen_database_gives_errors_within_seconds(pg_cluster: PgCluster) -> None:

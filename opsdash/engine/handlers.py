@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, bindparam, delete, or_, select, update
+from sqlalchemy import Connection, bindparam, delete, or_, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import col
 from tzlocal.windows_tz import win_tz
@@ -339,6 +339,12 @@ def _publish(
 
     def publish() -> set[uuid.UUID]:
         with db.write() as conn:
+            if db.is_postgres:
+                # The superseded versions are deleted once this commits: it must be on disk
+                # before the commit returns, whatever the server's default, or a crash could
+                # bring back metadata that names a deleted version. LOCAL: this transaction
+                # only, so safe through a transaction-mode pooler.
+                conn.execute(text("SET LOCAL synchronous_commit = on"))
             held = queue.still_held(db, conn, [outcome.job for outcome, _ in changed])
             rows = [row for outcome, row in changed if outcome.job.id in held]
             if rows:
