@@ -238,9 +238,7 @@ class Engine:
             try:
                 task()
             except TRANSIENT_ERRORS as error:
-                self._scheduled_outages.failed(
-                    name, "%s skipped, the database: %s", name, describe_error(error)
-                )
+                self._scheduled_outages.failed(name, "%s skipped: %s", name, describe_error(error))
                 return
             self._scheduled_outages.succeeded(name)
 
