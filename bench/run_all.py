@@ -327,64 +327,49 @@ def enqueue_section(figures: dict, companies: int) -> list[str]:
     return [*lines, ""]
 
 
-# --- the console with 200,000 jobs -------------------------------------------------------
+# --- durable commits and the console: printed figures of a benchmark script ---------------
+
+
+def run_script(what: str, command: list[str]) -> tuple[str, str]:
+    """Run a benchmark script; its printed figures, and the command as the document shows it."""
+    log(f"{what}: {' '.join(command[1:])}")
+    output = subprocess.run(
+        command, cwd=REPO, check=True, capture_output=True, text=True
+    ).stdout.strip()
+    return output, " ".join(["python", *command[1:]])
+
+
+def printed_section(title: str, prose: list[str], output: str, command: str) -> list[str]:
+    return [f"## {title}", "", *prose, "", "```", output, "```", "", "```sh", command, "```", ""]
 
 
 def bench_durability(cycles: int, rounds: int) -> tuple[str, str]:
     command = [sys.executable, "bench/bench_engine.py", "--only", "durability"]
     command += ["--durability-cycles", str(cycles), "--durability-rounds", str(rounds)]
-    log(f"durable commits: {' '.join(command[1:])}")
-    output = subprocess.run(
-        command, cwd=REPO, check=True, capture_output=True, text=True
-    ).stdout.strip()
-    return output, " ".join(["python", *command[1:]])
+    return run_script("durable commits", command)
 
 
 def durability_section(output: str, command: str) -> list[str]:
-    return [
-        "## What durable commits cost (Postgres)",
-        "",
+    prose = [
         "One job's life is three commits (enqueue, claim, complete), each waiting for the WAL",
         "flush so that what the engine reports as queued, claimed or done survives a crash.",
         "The anchor is the same with `synchronous_commit = off` (as before), alternated in",
         "the same run on the shared local Postgres.",
-        "",
-        "```",
-        output,
-        "```",
-        "",
-        "```sh",
-        command,
-        "```",
-        "",
     ]
+    return printed_section("What durable commits cost (Postgres)", prose, output, command)
 
 
 def bench_console(rows: int) -> tuple[str, str]:
     command = [sys.executable, "bench/bench_console.py", "--rows", str(rows), "--backend", "sqlite"]
-    log(f"console: {' '.join(command[1:])}")
-    output = subprocess.run(
-        command, cwd=REPO, check=True, capture_output=True, text=True
-    ).stdout.strip()
-    return output, " ".join(["python", *command[1:]])
+    return run_script("console", command)
 
 
 def console_section(output: str, command: str, rows: int) -> list[str]:
-    return [
-        f"## Console refresh with {rows:,} jobs (SQLite)",
-        "",
+    prose = [
         "Each refresh's queries, and the time until the screen shows them, over every",
         "refresh of a headless run (median and max across refreshes).",
-        "",
-        "```",
-        output,
-        "```",
-        "",
-        "```sh",
-        command,
-        "```",
-        "",
     ]
+    return printed_section(f"Console refresh with {rows:,} jobs (SQLite)", prose, output, command)
 
 
 # --- the document -------------------------------------------------------------------------
